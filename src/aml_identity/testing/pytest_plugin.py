@@ -1,0 +1,67 @@
+"""The aml-identity pytest plugin: emulators and the loopback guard as fixtures.
+
+Registered through the ``pytest11`` entry point, so installing ``aml-identity[testing]`` makes the fixtures
+available in any test suite:
+
+* ``aml_tls`` (session): a self-signed certificate for ``127.0.0.1``/``localhost``.
+* ``azurite`` (session): Azurite over HTTPS with bearer-token auth (needs ``npm install azurite``).
+* ``loopback_guard``: refuses any connection off loopback for the duration of a test.
+
+Pass ``--aml-loopback-guard`` (or set ``aml_loopback_guard = true`` in the ini file) to turn the guard on for
+every test of the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aml_identity.testing import _guard
+from aml_identity.testing._tls import TlsMaterial, make_tls_material
+from aml_identity.testing.azurite import Azurite
+
+__all__ = ["aml_tls", "azurite", "loopback_guard"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add the ``--aml-loopback-guard`` option and its ini twin."""
+    parser.addoption(
+        "--aml-loopback-guard",
+        action="store_true",
+        default=False,
+        help="aml-identity: refuse every network connection off loopback during the whole test session.",
+    )
+    parser.addini("aml_loopback_guard", "aml-identity: refuse connections off loopback (bool)", type="bool")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Turn the loopback guard on for the session when asked to."""
+    if config.getoption("--aml-loopback-guard") or config.getini("aml_loopback_guard"):
+        _guard.install()
+
+
+@pytest.fixture
+def loopback_guard() -> Iterator[None]:
+    """Refuse connections off loopback during the test (and restore the previous state after)."""
+    was_enabled = _guard.is_enabled()
+    _guard.install()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            _guard.disable()
+
+
+@pytest.fixture(scope="session")
+def aml_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
+    """A self-signed certificate for the emulators, shared by the session."""
+    return make_tls_material(Path(tmp_path_factory.mktemp("aml-tls")))
+
+
+@pytest.fixture(scope="session")
+def azurite(aml_tls: TlsMaterial, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite over HTTPS with ``--oauth basic``, shared by the session."""
+    with Azurite(workdir=Path(tmp_path_factory.mktemp("azurite")), tls=aml_tls) as server:
+        yield server
