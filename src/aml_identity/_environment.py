@@ -137,6 +137,7 @@ class JobEnvironment:
     resource_group: str | None = None
     workspace_name: str | None = None
     local_rank: int | None = None
+    ca_bundle: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
@@ -203,6 +204,9 @@ class JobEnvironment:
             resource_group=_get(env, "AZUREML_ARM_RESOURCEGROUP"),
             workspace_name=_get(env, "AZUREML_ARM_WORKSPACE_NAME"),
             local_rank=local_rank,
+            # The CA bundle for HTTPS clients that do not read these variables themselves (aml-identity's
+            # blob transfers): requests' variable first, then OpenSSL's, as the sync and async SDKs use them.
+            ca_bundle=_get(env, "REQUESTS_CA_BUNDLE") or _get(env, "SSL_CERT_FILE"),
         )
 
 

@@ -193,6 +193,8 @@ class DataAccessDeniedError(DatastoreError, HttpResponseError):
         operation: What was attempted (``"read"``, ``"list"``, ``"write"``...).
         role: The built-in role that grants it.
         error_code: Storage's error code (for example ``AuthorizationPermissionMismatch``).
+        client_id: The refused identity's client (application) id, when known.
+        object_id: The refused identity's object (principal) id, when known: the id to assign the role to.
     """
 
     def __init__(
@@ -205,6 +207,8 @@ class DataAccessDeniedError(DatastoreError, HttpResponseError):
         role: str,
         error_code: str | None = None,
         status_code: int = 403,
+        client_id: str | None = None,
+        object_id: str | None = None,
     ) -> None:
         """Create the error.
 
@@ -216,6 +220,8 @@ class DataAccessDeniedError(DatastoreError, HttpResponseError):
             role: The role to grant.
             error_code: Storage's error code.
             status_code: The HTTP status (403).
+            client_id: The identity's client id.
+            object_id: The identity's object id.
         """
         HttpResponseError.__init__(self, message)
         self.message = message
@@ -225,6 +231,8 @@ class DataAccessDeniedError(DatastoreError, HttpResponseError):
         self.role = role
         self.error_code = error_code
         self.status_code = status_code
+        self.client_id = client_id
+        self.object_id = object_id
 
 
 class TransferError(DatastoreError):

@@ -11,11 +11,13 @@ from aml_identity.testing._guard import LoopbackViolationError
 from aml_identity.testing._jwt import mint_token
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
 from aml_identity.testing.azurite import Azurite, AzuriteNotFoundError
+from aml_identity.testing.storage_proxy import StorageAuthProxy
 
 __all__ = [
     "Azurite",
     "AzuriteNotFoundError",
     "LoopbackViolationError",
+    "StorageAuthProxy",
     "TlsMaterial",
     "make_tls_material",
     "mint_token",

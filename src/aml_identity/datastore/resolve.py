@@ -1,0 +1,226 @@
+"""Resolve a datastore URI to the storage account, container and endpoint it stands for.
+
+Storage URIs (``wasbs://``, ``abfss://``, ``https://``) name their account and container directly. Named
+datastores (``azureml://...datastores/<name>/...``) are looked up once per process through the workspace's
+datastore API (``Datastores_Get``, api-version 2025-12-01) with the job identity, through
+``azure-mgmt-core``'s ARM pipeline (retries, challenge authentication).
+
+The blob endpoint is ``https://<account>.blob.<suffix>`` unless ``AML_IDENTITY_BLOB_ENDPOINTS`` maps the
+account elsewhere (an emulator, a private endpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+from aml_identity._environment import DEFAULT_ARM_ENDPOINT, JobEnvironment, check_outbound_url, is_loopback_host
+from aml_identity.datastore.uri import DatastoreUri
+from aml_identity.errors import ConfigurationError, DatastoreError, redact
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+__all__ = ["DATASTORES_API_VERSION", "BlobLocation", "clear_cache", "resolve"]
+
+_log = logging.getLogger(__name__)
+
+# The workspace datastore API version (mfe.json, the newest stable MachineLearningServices version).
+DATASTORES_API_VERSION = "2025-12-01"
+# The public cloud's storage suffix: what a datastore without an explicit endpoint uses.
+DEFAULT_ENDPOINT_SUFFIX = "core.windows.net"
+# Datastore types that are blob containers underneath (the others - file shares, Data Lake Gen1, OneLake -
+# are not blob storage and cannot be read with the blob API).
+_BLOB_TYPES = {"AzureBlob": "containerName", "AzureDataLakeGen2": "filesystem"}
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple[str, str, str, str, str], tuple[str, str, str]] = {}
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """Where a datastore URI points in blob storage.
+
+    Attributes:
+        account: The storage account name.
+        container: The container (an ADLS Gen2 filesystem is a container to the blob API).
+        path: The blob path or prefix inside the container.
+        endpoint: The blob endpoint URL to send requests to (public, or the configured override).
+        uri: The URI this was resolved from.
+    """
+
+    account: str
+    container: str
+    path: str
+    endpoint: str
+    uri: DatastoreUri
+
+    @property
+    def is_folder(self) -> bool:
+        """Whether the path names a folder explicitly (empty or ending in ``/``)."""
+        return self.path == "" or self.path.endswith("/")
+
+
+def clear_cache() -> None:
+    """Forget every datastore resolved so far in this process."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def blob_endpoint(account: str, suffix: str, env: JobEnvironment) -> str:
+    """Return the blob endpoint of ``account``: the configured override or the public URL."""
+    override = env.blob_endpoints.get(account)
+    return override if override else f"https://{account}.blob.{suffix}"
+
+
+def resolve(
+    uri: str | DatastoreUri,
+    *,
+    credential: TokenCredential | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> BlobLocation:
+    """Resolve ``uri`` to its storage account, container, path and blob endpoint.
+
+    Args:
+        uri: A datastore URI in any accepted form.
+        credential: The identity used to read a named datastore's definition; the job's default
+            credential when omitted (only needed for ``azureml://`` URIs).
+        environ: The environment to read (``os.environ`` when omitted).
+
+    Returns:
+        The location.
+
+    Raises:
+        ConfigurationError: The URI is malformed, or a short ``azureml://`` URI is used outside a job
+            (``AZUREML_ARM_*`` missing).
+        DatastoreError: The datastore does not exist, is not blob storage, or could not be read.
+    """
+    parsed = DatastoreUri.parse(uri)
+    env = JobEnvironment.from_environ(environ)
+    if not parsed.is_named:
+        assert parsed.account is not None and parsed.container is not None  # noqa: S101 - parse guarantees it
+        assert parsed.endpoint_suffix is not None  # noqa: S101
+        endpoint = blob_endpoint(parsed.account, parsed.endpoint_suffix, env)
+        return BlobLocation(parsed.account, parsed.container, parsed.path, endpoint, parsed)
+    sub = parsed.subscription_id or env.subscription_id
+    rg = parsed.resource_group or env.resource_group
+    ws = parsed.workspace_name or env.workspace_name
+    if not (sub and rg and ws):
+        raise ConfigurationError(
+            f"{parsed} names a datastore without its workspace, and AZUREML_ARM_SUBSCRIPTION, "
+            "AZUREML_ARM_RESOURCEGROUP and AZUREML_ARM_WORKSPACE_NAME are not all set (Azure ML sets them in a "
+            "job). Outside a job use the long form azureml://subscriptions/<sub>/resourcegroups/<rg>/"
+            "workspaces/<ws>/datastores/<name>/paths/<path>.",
+            name="uri",
+        )
+    assert parsed.datastore is not None  # noqa: S101 - the azureml form always has a name
+    key = (env.arm_endpoint, sub.lower(), rg.lower(), ws.lower(), parsed.datastore.lower())
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is None:
+        hit = _fetch_datastore(env, sub, rg, ws, parsed.datastore, credential)
+        with _cache_lock:
+            _cache[key] = hit
+    account, container, suffix = hit
+    return BlobLocation(account, container, parsed.path, blob_endpoint(account, suffix, env), parsed)
+
+
+def arm_scope(env: JobEnvironment) -> str:
+    """Return the token scope for the ARM endpoint in use.
+
+    An emulator on loopback stands in for the public cloud, so it gets public-cloud tokens; a sovereign
+    cloud's ARM endpoint is its own audience.
+    """
+    host = urlsplit(env.arm_endpoint).hostname or ""
+    if env.arm_endpoint_overridden and is_loopback_host(host):
+        return f"{DEFAULT_ARM_ENDPOINT}/.default"
+    return f"{env.arm_endpoint}/.default"
+
+
+def _fetch_datastore(
+    env: JobEnvironment,
+    sub: str,
+    rg: str,
+    ws: str,
+    name: str,
+    credential: TokenCredential | None,
+) -> tuple[str, str, str]:
+    from azure.core.exceptions import HttpResponseError  # noqa: PLC0415 - keep `import aml_identity` light
+    from azure.core.pipeline.policies import RetryPolicy, UserAgentPolicy  # noqa: PLC0415
+    from azure.core.rest import HttpRequest  # noqa: PLC0415
+    from azure.mgmt.core import ARMPipelineClient  # noqa: PLC0415
+    from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy  # noqa: PLC0415
+
+    from aml_identity import __version__  # noqa: PLC0415
+
+    if credential is None:
+        from aml_identity.credential import default_credential  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+
+        credential = default_credential()
+    path = (
+        f"/subscriptions/{quote(sub, safe='')}/resourceGroups/{quote(rg, safe='')}"
+        f"/providers/Microsoft.MachineLearningServices/workspaces/{quote(ws, safe='')}"
+        f"/datastores/{quote(name, safe='')}"
+    )
+    url = f"{env.arm_endpoint}{path}?api-version={DATASTORES_API_VERSION}"
+    check_outbound_url(url, env, what="Azure Resource Manager endpoint")
+    where = f"datastore {name!r} of workspace {ws!r} (resource group {rg!r}, subscription {sub})"
+    client = ARMPipelineClient(
+        base_url=env.arm_endpoint,
+        policies=[
+            UserAgentPolicy(sdk_moniker=f"aml-identity/{__version__}"),
+            RetryPolicy(),
+            ARMChallengeAuthenticationPolicy(credential, arm_scope(env)),
+        ],
+        **({"connection_verify": env.ca_bundle} if env.ca_bundle else {}),
+    )
+    try:
+        with client:
+            response = client.send_request(HttpRequest("GET", url))
+    except HttpResponseError as exc:
+        raise DatastoreError(f"Could not read {where} from {env.arm_endpoint}: {redact(str(exc))}") from None
+    status = response.status_code
+    if status == 404:  # noqa: PLR2004 - HTTP status
+        raise DatastoreError(
+            f"The {where} does not exist ({env.arm_endpoint} answered 404). Check the name in the URI "
+            "against the workspace's datastores (Azure ML studio > Data > Datastores)."
+        )
+    if status in (401, 403):
+        raise DatastoreError(
+            f"The job identity may not read the {where} (HTTP {status}). Grant it a role that includes "
+            "Microsoft.MachineLearningServices/workspaces/datastores/read on the workspace, for example "
+            "'AzureML Data Scientist' or 'Reader', or use the storage URI (wasbs://, abfss://, https://) "
+            "instead of the datastore name."
+        )
+    if status != 200:  # noqa: PLR2004 - HTTP status
+        raise DatastoreError(
+            f"Could not read the {where}: {env.arm_endpoint} answered HTTP {status}: {redact(response.text())}"
+        )
+    try:
+        body: Any = response.json()
+    except ValueError:
+        raise DatastoreError(f"The answer for the {where} is not JSON: {redact(response.text())}") from None
+    return _location_from_body(body, where)
+
+
+def _location_from_body(body: Any, where: str) -> tuple[str, str, str]:
+    """Return (account, container, suffix) from a ``DatastoreResource`` body (mfe.json)."""
+    props = body.get("properties") if isinstance(body, dict) else None
+    if not isinstance(props, dict):
+        raise DatastoreError(f"The answer for the {where} has no 'properties' object.")
+    kind = props.get("datastoreType")
+    if kind not in _BLOB_TYPES:
+        raise DatastoreError(
+            f"The {where} is of type {kind!r}; aml-identity reads blob storage datastores only "
+            f"({', '.join(_BLOB_TYPES)})."
+        )
+    account, container = props.get("accountName"), props.get(_BLOB_TYPES[kind])
+    if not isinstance(account, str) or not account or not isinstance(container, str) or not container:
+        raise DatastoreError(f"The {where} does not name its storage account and container.")
+    suffix = props.get("endpoint") or DEFAULT_ENDPOINT_SUFFIX
+    _log.info("Resolved %s to account %s, container %s (%s)", where, account, container, suffix)
+    return account, container, str(suffix)

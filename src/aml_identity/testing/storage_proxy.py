@@ -1,0 +1,383 @@
+"""``StorageAuthProxy``: Azure's data-plane role checks in front of Azurite.
+
+Azurite checks a bearer token's issuer, audience and lifetime but no roles: any valid token may read and
+write everything. Real storage also checks that the token's identity holds a role granting the request's
+*data action* (``.../containers/blobs/read`` to read or list, ``.../blobs/write`` to write...), and answers
+``403 AuthorizationPermissionMismatch`` otherwise. This HTTPS proxy adds that check: it works out each
+request's data action, asks an ``authorizer`` whether the token's principal (its ``oid`` claim) holds it on
+the account, and either forwards the request to Azurite or answers exactly as Azure does.
+
+The authorizer is any ``(principal_id, account_name, action) -> bool`` callable - normally the ARM
+emulator's ``has_data_role``, so that granting a role through the emulator (or with
+``aml_identity.provisioning.grant_data_access``) takes effect at once. Requests without a bearer token
+(shared key, SAS) pass through unchecked, as they do in Azure.
+
+It also records every request (method, path, range, status, principal) so tests can count what a client
+really sent.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import socketserver
+import ssl
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler
+from types import TracebackType
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import jwt
+
+from aml_identity.testing._tls import TlsMaterial
+
+__all__ = [
+    "BLOB_DELETE",
+    "BLOB_READ",
+    "BLOB_WRITE",
+    "CONTAINER_DELETE",
+    "CONTAINER_READ",
+    "CONTAINER_WRITE",
+    "Authorizer",
+    "ProxiedRequest",
+    "StorageAuthProxy",
+    "data_action",
+]
+
+# The RBAC actions a blob request needs (Azure built-in role definitions use these exact strings; the
+# blob ones are DataActions, the container ones Actions that the data roles also grant).
+BLOB_READ = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read"
+BLOB_WRITE = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write"
+BLOB_DELETE = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete"
+CONTAINER_READ = "Microsoft.Storage/storageAccounts/blobServices/containers/read"
+CONTAINER_WRITE = "Microsoft.Storage/storageAccounts/blobServices/containers/write"
+CONTAINER_DELETE = "Microsoft.Storage/storageAccounts/blobServices/containers/delete"
+
+Authorizer = Callable[[str, str, str], bool]
+
+# Azure's answer to a request whose identity lacks the role (status reason, code and message verbatim).
+_DENIED_REASON = "This request is not authorized to perform this operation using this permission."
+_DENIED_CODE = "AuthorizationPermissionMismatch"
+# Bytes copied per read while streaming bodies through.
+_CHUNK = 256 * 1024
+# Upstream socket timeout; Azurite answers in milliseconds, so this only bounds a hung test.
+_UPSTREAM_TIMEOUT_S = 60.0
+# Hop-by-hop headers, never forwarded (RFC 9110 section 7.6.1).
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+)
+
+
+def data_action(method: str, path: str, query: str) -> tuple[str, str]:
+    """Return ``(account, action)`` for a path-style Blob service request.
+
+    Args:
+        method: The HTTP method.
+        path: ``/<account>[/<container>[/<blob>]]``.
+        query: The query string (``comp=list``, ``restype=container``...).
+
+    Returns:
+        The account named in the path and the RBAC action the request needs.
+    """
+    parts = path.lstrip("/").split("/", 2)
+    account = parts[0]
+    has_blob = len(parts) == 3 and parts[2] != ""  # noqa: PLR2004 - account/container/blob
+    params = parse_qs(query)
+    is_container = params.get("restype") == ["container"]
+    method = method.upper()
+    if has_blob or (is_container and params.get("comp") == ["list"]):
+        if method in ("GET", "HEAD"):
+            return account, BLOB_READ
+        if method == "DELETE":
+            return account, BLOB_DELETE
+        return account, BLOB_WRITE
+    if method in ("GET", "HEAD"):
+        return account, CONTAINER_READ
+    if method == "DELETE":
+        return account, CONTAINER_DELETE
+    return account, CONTAINER_WRITE
+
+
+@dataclass(frozen=True)
+class ProxiedRequest:
+    """One request seen by the proxy.
+
+    Attributes:
+        method: The HTTP method.
+        path: The URL path (percent-decoded).
+        query: The query string.
+        range: The ``x-ms-range``/``Range`` header, if any.
+        principal: The token's ``oid``, or ``None`` without a bearer token.
+        action: The RBAC action it needed.
+        status: The status returned to the client.
+    """
+
+    method: str
+    path: str
+    query: str
+    range: str | None
+    principal: str | None
+    action: str
+    status: int
+
+
+def _principal(authorization: str | None) -> str | None:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return None
+    try:
+        claims = jwt.decode(authorization[7:].strip(), options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return ""  # malformed: let Azurite reject it with its own error
+    oid = claims.get("oid")
+    return oid if isinstance(oid, str) else ""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        self.request.do_handshake()
+        super().setup()
+        self._upstream: http.client.HTTPSConnection | None = None
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self._upstream is not None:
+                self._upstream.close()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        """Stay quiet (the proxy records requests in ``requests`` instead)."""
+
+    def _read_body(self) -> bytes | None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        return None
+
+    def _handle(self) -> None:
+        proxy = self.server.proxy
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        account, action = data_action(self.command, path, url.query)
+        principal = _principal(self.headers.get("Authorization"))
+        rng = self.headers.get("x-ms-range") or self.headers.get("Range")
+        chunked_body = self._read_body()
+        if principal and not proxy.authorizer(principal, account, action):
+            length = int(self.headers.get("Content-Length") or 0)
+            while length > 0:  # drain the refused request's body to keep the connection usable
+                length -= len(self.rfile.read(min(_CHUNK, length)))
+            self._deny()
+            proxy.record(ProxiedRequest(self.command, path, url.query, rng, principal, action, 403))
+            return
+        status = self._forward(chunked_body)
+        proxy.record(ProxiedRequest(self.command, path, url.query, rng, principal, action, status))
+
+    def _deny(self) -> None:
+        request_id = str(uuid.uuid4())
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e7):07d}Z"
+        body = (
+            f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{_DENIED_CODE}</Code><Message>{_DENIED_REASON}\n'
+            f"RequestId:{request_id}\nTime:{stamp}</Message></Error>"
+        ).encode()
+        self.send_response_only(403, _DENIED_REASON)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Server", "Windows-Azure-Blob/1.0 Microsoft-HTTPAPI/2.0")
+        self.send_header("x-ms-request-id", request_id)
+        self.send_header("x-ms-version", self.headers.get("x-ms-version", "2025-11-05"))
+        self.send_header("x-ms-error-code", _DENIED_CODE)
+        self.send_header("Date", formatdate(now, usegmt=True))
+        self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        if self._upstream is None:
+            proxy = self.server.proxy
+            self._upstream = http.client.HTTPSConnection(
+                proxy.upstream_host, proxy.upstream_port, timeout=_UPSTREAM_TIMEOUT_S, context=proxy.upstream_context
+            )
+        return self._upstream
+
+    def _forward(self, chunked_body: bytes | None) -> int:
+        proxy = self.server.proxy
+        for attempt in range(2):
+            conn = self._connection()
+            try:
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for key, value in self.headers.items():
+                    if key.lower() in _HOP_BY_HOP or key.lower() in ("host", "content-length"):
+                        continue
+                    conn.putheader(key, value)
+                conn.putheader("Host", proxy.upstream_netloc)
+                if chunked_body is not None:
+                    conn.putheader("Content-Length", str(len(chunked_body)))
+                    conn.endheaders(chunked_body)
+                else:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    if length or self.command in ("PUT", "POST"):
+                        conn.putheader("Content-Length", str(length))
+                    conn.endheaders()
+                    while length > 0:
+                        data = self.rfile.read(min(_CHUNK, length))
+                        if not data:
+                            raise ConnectionError("client closed mid-body")
+                        conn.send(data)
+                        length -= len(data)
+                response = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                self._upstream = None
+                if attempt or (chunked_body is None and int(self.headers.get("Content-Length") or 0)):
+                    raise  # a streamed body cannot be sent twice
+        self._relay(response)
+        return response.status
+
+    def _relay(self, response: http.client.HTTPResponse) -> None:
+        self.send_response_only(response.status, response.reason)
+        headers = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]
+        length_header = response.getheader("Content-Length")
+        body: bytes | None = None
+        if length_header is None and self.command != "HEAD" and response.status not in (204, 304):
+            body = response.read()
+            headers.append(("Content-Length", str(len(body))))
+        for key, value in headers:
+            self.send_header(key, value)
+        self.end_headers()
+        if body is not None:
+            self.wfile.write(body)
+        elif self.command != "HEAD":
+            while chunk := response.read(_CHUNK):
+                self.wfile.write(chunk)
+        if response.will_close:
+            self._upstream = None
+
+    do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = do_OPTIONS = _handle  # noqa: N815 - stdlib names
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    proxy: StorageAuthProxy
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, address = self.socket.accept()
+        wrapped = self.proxy.server_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return wrapped, address
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Connections reset by clients are normal in tests; do not print tracebacks for them."""
+
+
+class StorageAuthProxy:
+    """An HTTPS proxy in front of Azurite that enforces data-plane role assignments.
+
+    Args:
+        upstream: Azurite's base URL (``https://127.0.0.1:<port>``; an account path is ignored).
+        authorizer: ``(principal_id, account, action) -> bool``: whether the principal holds ``action``
+            on the account (e.g. ``ArmEmulator.has_data_role``).
+        tls: The certificate the proxy presents (clients must trust it, as they trust Azurite's).
+        upstream_ca: The CA file to verify Azurite with (``tls.cert`` when omitted: the usual case of
+            both sharing one certificate).
+        port: The port to listen on (a free one when omitted).
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        authorizer: Authorizer,
+        *,
+        tls: TlsMaterial,
+        upstream_ca: str | None = None,
+        port: int = 0,
+    ) -> None:
+        """Configure (not start) the proxy."""
+        parts = urlsplit(upstream)
+        if parts.scheme != "https" or not parts.hostname:
+            msg = f"upstream {upstream!r} must be Azurite's https:// URL"
+            raise ValueError(msg)
+        self.upstream_host = parts.hostname
+        self.upstream_port = parts.port or 443
+        self.upstream_netloc = parts.netloc
+        self.upstream_context = ssl.create_default_context(cafile=upstream_ca or str(tls.cert))
+        self.server_context = tls.server_context()
+        self.authorizer = authorizer
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.requests: list[ProxiedRequest] = []
+
+    @property
+    def port(self) -> int:
+        """The port the proxy listens on (after :meth:`start`)."""
+        if self._server is None:
+            msg = "the proxy is not started"
+            raise RuntimeError(msg)
+        return int(self._server.server_address[1])
+
+    def blob_endpoint(self, account: str = "devstoreaccount1") -> str:
+        """Return the path-style blob endpoint of ``account`` through the proxy."""
+        return f"https://127.0.0.1:{self.port}/{account}"
+
+    def record(self, request: ProxiedRequest) -> None:
+        """Remember a request (called by the handler threads)."""
+        with self._lock:
+            self.requests.append(request)
+
+    def statuses(self) -> Counter[int]:
+        """Return how many responses of each status were sent."""
+        with self._lock:
+            return Counter(r.status for r in self.requests)
+
+    def clear(self) -> None:
+        """Forget the recorded requests."""
+        with self._lock:
+            self.requests.clear()
+
+    def start(self) -> StorageAuthProxy:
+        """Start listening on 127.0.0.1 in a background thread."""
+        server = _Server(("127.0.0.1", self._port), _Handler, bind_and_activate=True)
+        server.proxy = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="storage-auth-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the proxy."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> StorageAuthProxy:
+        """Start the proxy."""
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop the proxy."""
+        self.stop()
