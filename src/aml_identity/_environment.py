@@ -98,9 +98,7 @@ def _parse_blob_endpoints(raw: str | None) -> Mapping[str, str]:
     endpoints: dict[str, str] = {}
     for account, url in parsed.items():
         if not isinstance(url, str):
-            raise ConfigurationError(
-                f"{name}[{account!r}] must be a URL string, for example {example}.", name=name
-            )
+            raise ConfigurationError(f"{name}[{account!r}] must be a URL string, for example {example}.", name=name)
         endpoints[account] = _parse_http_url(url, f"{name}[{account!r}]").rstrip("/")
     return MappingProxyType(endpoints)
 
@@ -137,6 +135,8 @@ class JobEnvironment:
     resource_group: str | None = None
     workspace_name: str | None = None
     local_rank: int | None = None
+    ca_bundle: str | None = None
+    from_process: bool = field(default=False, compare=False)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
@@ -203,6 +203,8 @@ class JobEnvironment:
             resource_group=_get(env, "AZUREML_ARM_RESOURCEGROUP"),
             workspace_name=_get(env, "AZUREML_ARM_WORKSPACE_NAME"),
             local_rank=local_rank,
+            ca_bundle=_get(env, "REQUESTS_CA_BUNDLE") or _get(env, "CURL_CA_BUNDLE"),
+            from_process=env is os.environ,
         )
 
 

@@ -26,7 +26,7 @@ __all__ = ["DEVSTORE_ACCOUNT", "DEVSTORE_KEY", "Azurite", "AzuriteNotFoundError"
 
 DEVSTORE_ACCOUNT = "devstoreaccount1"
 # Azurite's documented well-known development key (public, not a secret).
-DEVSTORE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # noqa: S105
+DEVSTORE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 # Azurite is ready in ~0.7 s on this class of machine; a loaded CI runner gets generous headroom.
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 10.0
