@@ -99,7 +99,14 @@ def _parse_blob_endpoints(raw: str | None) -> Mapping[str, str]:
     for account, url in parsed.items():
         if not isinstance(url, str):
             raise ConfigurationError(f"{name}[{account!r}] must be a URL string, for example {example}.", name=name)
-        endpoints[account] = _parse_http_url(url, f"{name}[{account!r}]").rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(
+                f"{name}[{account!r}]={url!r} is not an http:// or https:// URL; map each account to its blob "
+                f"endpoint URL, for example {example}.",
+                name=name,
+            )
+        endpoints[account] = url.rstrip("/")
     return MappingProxyType(endpoints)
 
 

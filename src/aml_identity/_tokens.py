@@ -251,10 +251,10 @@ class UnsafeCacheError(AmlIdentityError):
     """The node cache directory or a file in it is not safe to use; the message says why."""
 
 
-def _check_owned_private(st: os.stat_result, path: Path, *, is_dir: bool) -> None:
+def _check_owned_private(st: os.stat_result, path: Path, *, is_dir: bool, uid: int) -> None:
     kind = "directory" if is_dir else "file"
-    if st.st_uid != os.getuid():
-        raise UnsafeCacheError(f"cache {kind} {path} is owned by uid {st.st_uid}, not by this user ({os.getuid()})")
+    if st.st_uid != uid:
+        raise UnsafeCacheError(f"cache {kind} {path} is owned by uid {st.st_uid}, not by this user ({uid})")
     bad = _UNSAFE_DIR_BITS if is_dir else _UNSAFE_FILE_BITS
     if st.st_mode & bad:
         mode = stat.S_IMODE(st.st_mode)
@@ -265,21 +265,24 @@ def _check_owned_private(st: os.stat_result, path: Path, *, is_dir: bool) -> Non
 class NodeCache:
     """Token files shared by the processes of one user on one node."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, uid: int | None = None) -> None:
         """Use ``directory`` (call :meth:`open` to create and check it).
 
         Args:
             directory: The cache directory.
+            uid: The user who must own it and its files (this process's user when omitted).
         """
         self.directory = directory
+        self.uid = os.getuid() if uid is None else uid
         self._file_locks: dict[str, filelock.BaseFileLock] = {}
 
     @classmethod
-    def open(cls, directory: Path) -> NodeCache:
+    def open(cls, directory: Path, *, uid: int | None = None) -> NodeCache:
         """Create ``directory`` if needed (0700) and check it is safe.
 
         Args:
             directory: The cache directory.
+            uid: The user who must own it (this process's user when omitted).
 
         Returns:
             The cache.
@@ -295,8 +298,9 @@ class NodeCache:
             raise UnsafeCacheError(f"cache directory {directory} is a symlink (to {directory.readlink()})")
         if not stat.S_ISDIR(st.st_mode):
             raise UnsafeCacheError(f"cache path {directory} is not a directory")
-        _check_owned_private(st, directory, is_dir=True)
-        return cls(directory)
+        cache = cls(directory, uid=uid)
+        _check_owned_private(st, directory, is_dir=True, uid=cache.uid)
+        return cache
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
@@ -318,7 +322,7 @@ class NodeCache:
             _log.debug("cannot read token cache file %s: %s", path, exc.strerror)
             return None
         with os.fdopen(fd, "r", encoding="utf-8") as f:
-            _check_owned_private(os.fstat(f.fileno()), path, is_dir=False)
+            _check_owned_private(os.fstat(f.fileno()), path, is_dir=False, uid=self.uid)
             return CachedToken.from_json(f.read())
 
     def write(self, name: str, token: CachedToken) -> None:

@@ -7,6 +7,7 @@ Needs the ``testing`` extra: ``pip install aml-identity[testing]``.
 
 from __future__ import annotations
 
+from aml_identity.testing._clock import FakeClock
 from aml_identity.testing._guard import LoopbackViolationError
 from aml_identity.testing._jwt import mint_token
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
@@ -15,6 +16,7 @@ from aml_identity.testing.azurite import Azurite, AzuriteNotFoundError
 __all__ = [
     "Azurite",
     "AzuriteNotFoundError",
+    "FakeClock",
     "LoopbackViolationError",
     "TlsMaterial",
     "make_tls_material",
