@@ -60,7 +60,7 @@ def test_404_is_retried_on_microsofts_schedule(clock):
     assert outcome.response.status_code == 200
     assert outcome.attempts == 4
     # first retry at once, then after ~2 s, then after ~6 s (delta 2 s, +/-20 % jitter)
-    gaps = [b - a for a, b in zip(script.started, script.started[1:])]
+    gaps = [b - a for a, b in zip(script.started, script.started[1:], strict=False)]
     assert gaps[0] == 0
     assert 1.6 <= gaps[1] <= 2.4
     assert 4.8 <= gaps[2] <= 7.2

@@ -70,7 +70,7 @@ class TestSchedule:
 class TestNodeCacheSafety:
     def test_created_private_and_files_are_0600(self, tmp_path):
         cache = NodeCache.open(tmp_path / "cache")
-        assert stat.S_IMODE(os.stat(cache.directory).st_mode) == 0o700
+        assert stat.S_IMODE(cache.directory.stat().st_mode) == 0o700
         cache.write(KEY, new_token("t", expires_on=T0 + DAY, now=T0))
         files = list(cache.directory.iterdir())
         assert [f.name for f in files] == [f"{KEY}.json"]  # no temp file left behind
@@ -101,7 +101,7 @@ class TestNodeCacheSafety:
     def test_refuses_a_file_owned_by_another_user(self, tmp_path):
         mine = NodeCache.open(tmp_path / "cache")
         mine.write(KEY, new_token("t", expires_on=T0 + DAY, now=T0))
-        with pytest.raises(UnsafeCacheError, match="cache file .* is owned by uid"):
+        with pytest.raises(UnsafeCacheError, match=r"cache file .* is owned by uid"):
             NodeCache(mine.directory, uid=os.getuid() + 4242).read(KEY)
 
     def test_refuses_a_file_readable_by_others(self, tmp_path):
