@@ -25,10 +25,10 @@ from pathlib import Path
 
 import msal
 import requests
-from aml_identity.testing.identity_endpoint import IdentityEndpoint
 from azure.identity import ManagedIdentityCredential
 
 from aml_identity import default_credential
+from aml_identity.testing.identity_endpoint import IdentityEndpoint
 from bench._report import PERFORMANCE_MD, machine, update_section, versions
 
 SCOPE = "https://storage.azure.com/.default"
@@ -174,14 +174,14 @@ def _table(latency: dict[str, tuple[float, float]], herds: list[HerdResult], arg
         ),
         "",
         (
-            "Every caller starts at once (the processes block on one pipe that the benchmark closes). 'per thread' gives "
-            "each thread its own credential; 'per process' shares one credential between a process's threads (the "
+            "Every caller starts at once (the processes block on one pipe that the benchmark closes). "
+            "'per thread' gives each thread its own credential; 'per process' shares one credential between a process's threads (the "
             "setting of the azure-identity figure quoted in the issue)."
         ),
         "",
         (
-            "| client | credential | processes x threads | endpoint requests | 429s | failed callers | p99 time-to-token "
-            "(s) | wall (s) |"
+            "| client | credential | processes x threads | endpoint requests | 429s | failed callers "
+            "| p99 time-to-token (s) | wall (s) |"
         ),
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]

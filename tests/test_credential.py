@@ -10,7 +10,6 @@ import pickle
 
 import jwt
 import pytest
-from aml_identity.testing.identity_endpoint import EmulatedIdentity, Fault
 from azure.core.exceptions import ClientAuthenticationError
 
 import aml_identity
@@ -24,6 +23,7 @@ from aml_identity import (
 )
 from aml_identity import aio as aml_aio
 from aml_identity.testing import FakeClock
+from aml_identity.testing.identity_endpoint import EmulatedIdentity, Fault
 
 STORAGE = "https://storage.azure.com/.default"
 DAY = 86_400
@@ -333,7 +333,7 @@ class TestOtherPlatforms:
 def _child_gets_token(queue):  # runs in a forked child
     try:
         cred = aml_identity.default_credential()
-        queue.put(("ok", cred.get_token(STORAGE).token[:16], cred.get_token(STORAGE, claims="{}").token[:16]))
+        queue.put(("ok", cred.get_token(STORAGE).token[-16:], cred.get_token(STORAGE, claims="{}").token[-16:]))
     except Exception as exc:
         queue.put(("error", repr(exc), ""))
 

@@ -178,6 +178,8 @@ class JobCredential:
         self._store = _store_for(cache, self._env, self._clock, self._retry.total_timeout + NODE_LOCK_WAIT_MARGIN_S)
         self._memory = self._store.memory
         self._keys: dict[tuple[tuple[str, ...], str | None], tuple[str, str]] = {}
+        # scope -> cache key for the common call (one scope, no tenant): a str key hashes once, a tuple every time
+        self._scope_keys: dict[str, str] = {}
 
     def __repr__(self) -> str:
         """Describe the identity and cache (no secret)."""
@@ -200,6 +202,8 @@ class JobCredential:
             key = cache_key(ident.source, ident.endpoint, ident.selector, resource, tenant_id or "")
             found = (key, resource)
             self._keys[(scopes, tenant_id)] = found
+            if tenant_id is None:
+                self._scope_keys[scopes[0]] = key
         return found
 
     def _get(self, scopes: tuple[str, ...], claims: str | None, tenant_id: str | None) -> CachedToken:
@@ -236,6 +240,13 @@ class JobCredential:
             TokenRequestError: The endpoint failed and no valid token is cached.
             IdentityUnavailableError: No identity endpoint exists here.
         """
+        if claims is None and tenant_id is None and len(scopes) == 1:
+            # The hot path, inlined: two dictionary reads and a clock compare.
+            key = self._scope_keys.get(scopes[0])
+            if key is not None:
+                entry = self._memory.get(key)
+                if entry is not None and self._clock() < entry.refresh_on:
+                    return entry.access_token
         return self._get(scopes, claims, tenant_id).access_token
 
     def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo:
@@ -248,6 +259,12 @@ class JobCredential:
         Returns:
             The token info.
         """
+        if options is None and len(scopes) == 1:
+            key = self._scope_keys.get(scopes[0])
+            if key is not None:
+                entry = self._memory.get(key)
+                if entry is not None and self._clock() < entry.refresh_on:
+                    return entry.info
         opts = options or {}
         return self._get(scopes, opts.get("claims"), opts.get("tenant_id")).info
 
