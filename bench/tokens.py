@@ -175,8 +175,8 @@ def _table(latency: dict[str, tuple[float, float]], herds: list[HerdResult], arg
         "",
         (
             "Every caller starts at once (the processes block on one pipe that the benchmark closes). "
-            "'per thread' gives each thread its own credential; 'per process' shares one credential between a process's threads (the "
-            "setting of the azure-identity figure quoted in the issue)."
+            "'per thread' gives each thread its own credential; 'per process' shares one credential between a "
+            "process's threads (the setting of the azure-identity figure quoted in the issue)."
         ),
         "",
         (
