@@ -27,21 +27,6 @@ from aml_identity.testing.identity_endpoint import EmulatedIdentity, Fault
 
 STORAGE = "https://storage.azure.com/.default"
 DAY = 86_400
-# Variables that would make msal or our resolution pick another identity source; cleared for every test.
-_SOURCE_VARIABLES = (
-    "MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT",
-    "IMDS_ENDPOINT", "AZURE_POD_IDENTITY_AUTHORITY_HOST", "DEFAULT_IDENTITY_CLIENT_ID", "AZURE_CLIENT_ID",
-    "AZURE_FEDERATED_TOKEN_FILE", "AZURE_TENANT_ID", "AML_IDENTITY_TOKEN_TIMEOUT",
-)  # fmt: skip
-
-
-@pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    for name in _SOURCE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AML_IDENTITY_CACHE_DIR", str(tmp_path / "token-cache"))
-    monkeypatch.setenv("AML_IDENTITY_LOOPBACK_ONLY", "1")
-    return monkeypatch
 
 
 @pytest.fixture
