@@ -41,7 +41,7 @@ def find_azurite(start: Path | None = None) -> Path:
     """Locate the ``azurite-blob`` executable.
 
     Looks at ``$AML_IDENTITY_AZURITE``, then ``node_modules/.bin/azurite-blob`` in ``start`` (the current
-    directory by default) and its parents, then ``PATH``.
+    directory by default) and its parents, then beside this package (a source checkout), then ``PATH``.
 
     Args:
         start: Where to start looking for a ``node_modules`` folder.
@@ -60,7 +60,8 @@ def find_azurite(start: Path | None = None) -> Path:
         msg = f"AML_IDENTITY_AZURITE={override!r} is not a file; point it at node_modules/.bin/azurite-blob."
         raise AzuriteNotFoundError(msg)
     here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
+    package = Path(__file__).resolve().parent
+    for folder in (here, *here.parents, *package.parents):
         candidate = folder / "node_modules" / ".bin" / "azurite-blob"
         if candidate.is_file():
             return candidate
