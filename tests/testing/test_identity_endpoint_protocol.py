@@ -297,6 +297,24 @@ class TestServer:
         assert (first.status, second.status, first.version) == (200, 200, 11)
         assert endpoint.request_count == 2
 
+    def test_serves_many_concurrent_connections(self, endpoint, uai):
+        callers = 64
+        endpoint.fail_always(Fault.hang())  # every request is held until all are in flight at once
+        statuses: list[int] = []
+
+        def call() -> None:
+            statuses.append(imds(endpoint, client_id=uai.client_id).status_code)
+
+        threads = [threading.Thread(target=call) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        assert len(endpoint.wait_for_requests(callers)) == callers
+        endpoint.fail_always(None)
+        endpoint.release_hangs()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * callers
+
     def test_reset_aborts_the_connection(self, endpoint):
         endpoint.inject(Fault.reset())
         with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as raw:
@@ -326,6 +344,17 @@ class TestServer:
         endpoint.inject(Fault.missing_fields("access_token"))
         response = imds(endpoint, metadata=None)
         assert response.json()["error"] == "bad_request_102"
+
+    def test_an_emulator_bug_is_a_500_and_an_error_log(self, endpoint, uai, monkeypatch, caplog):
+        def broken(*_args, **_kwargs):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr("aml_identity.testing.identity_endpoint.answer", broken)
+        response = imds(endpoint, client_id=uai.client_id)
+        assert (response.status_code, response.text) == (500, "identity endpoint emulator error")
+        assert any(r.levelname == "ERROR" and "internal error" in r.getMessage() for r in caplog.records)
+        monkeypatch.undo()
+        assert imds(endpoint, client_id=uai.client_id).status_code == 200  # the endpoint keeps serving
 
     def test_add_identity_while_running(self, endpoint):
         late = EmulatedIdentity.user("uai-late")
