@@ -223,7 +223,7 @@ def method_not_allowed_reply(protocol: Protocol, method: str) -> Reply:
 def protocol_for_path(path: str, aml_path: str) -> Protocol | None:
     """Return which protocol a request path belongs to (a trailing ``/`` is tolerated, as az cli sends one)."""
     path = path.rstrip("/") or "/"
-    if path == aml_path.rstrip("/"):
+    if path == (aml_path.rstrip("/") or "/"):
         return "azureml"
     if path == IMDS_TOKEN_PATH:
         return "imds"

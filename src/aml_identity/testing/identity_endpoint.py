@@ -761,6 +761,10 @@ class IdentityEndpoint:
             return
         try:
             self._serve_admitted(handler, protocol, params, headers, record)
+        except Exception:  # a bug in the emulator must show as one, not as a silently dropped connection
+            _LOGGER.exception("identity endpoint: internal error answering a %s token request", protocol)
+            handler.send_reply(text_reply(HTTPStatus.INTERNAL_SERVER_ERROR, "identity endpoint emulator error"))
+            handler.close_connection = True
         finally:
             with self._lock:
                 self._in_flight -= 1
