@@ -573,7 +573,7 @@ class TestRateLimits:
 @pytest.mark.azurite
 def test_azurite_accepts_the_emulators_token(endpoint, uai, platform, azurite):
     """A token minted by the emulator authorises blob upload and download on Azurite (HTTPS, --oauth basic)."""
-    from azure.storage.blob import BlobServiceClient  # noqa: PLC0415 - only this test needs it
+    from azure.storage.blob import BlobServiceClient
 
     platform(endpoint.azureml_environ())
     with ManagedIdentityCredential(client_id=uai.client_id) as credential:
