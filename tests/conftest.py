@@ -31,3 +31,11 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("AML_IDENTITY_CACHE_DIR", str(tmp_path / "token-cache"))
     monkeypatch.setenv("AML_IDENTITY_LOOPBACK_ONLY", "1")
     return monkeypatch
+
+
+@pytest.fixture
+def aml_job(identity_endpoint, clean_env):
+    """An Azure ML job environment (MSI_ENDPOINT, MSI_SECRET, DEFAULT_IDENTITY_CLIENT_ID) backed by the emulator."""
+    for name, value in identity_endpoint.azureml_environ().items():
+        clean_env.setenv(name, value)
+    return identity_endpoint

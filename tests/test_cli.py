@@ -17,18 +17,11 @@ from aml_identity.cli import main
 SRC = str(Path(aml_identity.__file__).resolve().parents[1])
 
 
-@pytest.fixture
-def job(identity_endpoint, clean_env):
-    for name, value in identity_endpoint.azureml_environ().items():
-        clean_env.setenv(name, value)
-    return identity_endpoint
-
-
-def test_whoami_shows_the_identity_and_claims_but_never_the_token(job, capsys):
+def test_whoami_shows_the_identity_and_claims_but_never_the_token(aml_job, capsys):
     assert main(["whoami", "--json"]) == 0
     out = capsys.readouterr().out
     report = json.loads(out)
-    identity = job.identities[0]
+    identity = aml_job.identities[0]
     assert report["source"] == "azureml"
     assert report["client_id"] == identity.client_id
     assert report["selected_by"] == "DEFAULT_IDENTITY_CLIENT_ID"
@@ -40,15 +33,15 @@ def test_whoami_shows_the_identity_and_claims_but_never_the_token(job, capsys):
     assert "eyJ" not in out  # no token, not even its header
 
 
-def test_whoami_text(job, capsys):
+def test_whoami_text(aml_job, capsys):
     assert main(["whoami"]) == 0
     out = capsys.readouterr().out
     assert "DEFAULT_IDENTITY_CLIENT_ID" in out
-    assert job.identities[0].resource_id in out
+    assert aml_job.identities[0].resource_id in out
     assert "eyJ" not in out
 
 
-def test_token_prints_the_token_for_scripts(job, capsys):
+def test_token_prints_the_token_for_scripts(aml_job, capsys):
     assert main(["token", "--resource", "https://storage.azure.com"]) == 0
     token = capsys.readouterr().out.strip()
     assert token.startswith("eyJ") and token.count(".") == 2
@@ -56,15 +49,15 @@ def test_token_prints_the_token_for_scripts(job, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["accessToken"] == token  # the second call came from the cache
     assert data["tokenType"] == "Bearer"
-    assert job.request_count == 1
+    assert aml_job.request_count == 1
 
 
-def test_errors_are_one_line_with_the_fix_and_exit_1(job, clean_env, capsys):
+def test_errors_are_one_line_with_the_fix_and_exit_1(aml_job, clean_env, capsys):
     clean_env.setenv("DEFAULT_IDENTITY_CLIENT_ID", "clientid")
     assert main(["token", "--resource", "https://storage.azure.com"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("aml-identity: error: This Azure ML compute has no managed identity")
-    assert job.request_count == 0
+    assert aml_job.request_count == 0
 
 
 @pytest.mark.azurite
@@ -72,8 +65,8 @@ def test_sandbox_runs_a_job_with_the_platform_environment(tmp_path):
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
     (data / "sub" / "rows.csv").write_text("a,b\n1,2\n")
-    job = tmp_path / "job.py"
-    job.write_text(
+    script = tmp_path / "job.py"
+    script.write_text(
         textwrap.dedent(
             """
             import json, os, sys, requests
@@ -95,7 +88,7 @@ def test_sandbox_runs_a_job_with_the_platform_environment(tmp_path):
     environ["PYTHONPATH"] = SRC
     result = subprocess.run(
         [sys.executable, "-m", "aml_identity", "sandbox", "--datastore", f"training_data={data}", "--",
-         sys.executable, str(job)],
+         sys.executable, str(script)],
         env=environ, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 3, result.stderr

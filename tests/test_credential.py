@@ -35,12 +35,10 @@ def clock():
 
 
 @pytest.fixture
-def aml(identity_endpoint, clean_env, clock):
-    """An Azure ML job environment backed by the emulator, on the test's fake clock."""
-    identity_endpoint.clock = clock
-    for name, value in identity_endpoint.azureml_environ().items():
-        clean_env.setenv(name, value)
-    return identity_endpoint
+def aml(aml_job, clock):
+    """The Azure ML job environment, on the test's fake clock."""
+    aml_job.clock = clock
+    return aml_job
 
 
 def credential(clock, **kwargs):

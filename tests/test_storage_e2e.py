@@ -15,14 +15,7 @@ from aml_identity import aio, default_credential
 pytestmark = pytest.mark.azurite
 
 
-@pytest.fixture
-def job(identity_endpoint, clean_env):
-    for name, value in identity_endpoint.azureml_environ().items():
-        clean_env.setenv(name, value)
-    return identity_endpoint
-
-
-def test_blob_client_reads_and_writes_azurite_with_the_job_identity(job, azurite):
+def test_blob_client_reads_and_writes_azurite_with_the_job_identity(aml_job, azurite):
     credential = default_credential()
     service = BlobServiceClient(azurite.blob_endpoint(), credential=credential, connection_verify=str(azurite.tls.cert))
     container = service.get_container_client("e2e-sync")
@@ -37,14 +30,14 @@ def test_blob_client_reads_and_writes_azurite_with_the_job_identity(job, azurite
     again = BlobServiceClient(azurite.blob_endpoint(), credential=default_credential(),
                               connection_verify=str(azurite.tls.cert))  # fmt: skip
     assert again.get_container_client("e2e-sync").download_blob("data/part-0.txt").readall() == b"row 0\n"
-    (request,) = job.requests
+    (request,) = aml_job.requests
     assert request.params["resource"] == "https://storage.azure.com"
-    assert request.params["clientid"] == job.identities[0].client_id
+    assert request.params["clientid"] == aml_job.identities[0].client_id
     token = credential.get_token("https://storage.azure.com/.default").token
-    assert jwt.decode(token, options={"verify_signature": False})["oid"] == job.identities[0].object_id
+    assert jwt.decode(token, options={"verify_signature": False})["oid"] == aml_job.identities[0].object_id
 
 
-def test_async_blob_client_with_the_async_job_credential(job, azurite):
+def test_async_blob_client_with_the_async_job_credential(aml_job, azurite):
     async def scenario() -> bytes:
         async with (
             aio.default_credential() as credential,
@@ -59,4 +52,4 @@ def test_async_blob_client_with_the_async_job_credential(job, azurite):
             return await stream.readall()
 
     assert asyncio.run(scenario()) == b"\x00weights\x01"
-    assert job.request_count == 1
+    assert aml_job.request_count == 1
