@@ -6,6 +6,8 @@ available in any test suite:
 * ``aml_tls`` (session): a self-signed certificate for ``127.0.0.1``/``localhost``.
 * ``azurite`` (session): Azurite over HTTPS with bearer-token auth (needs ``npm install azurite``).
 * ``loopback_guard``: refuses any connection off loopback for the duration of a test.
+* ``identity_endpoint``: a running :class:`~aml_identity.testing.IdentityEndpoint` (one user-assigned
+  identity ``uai-default``), stopped after the test; configure it further in the test.
 
 Pass ``--aml-loopback-guard`` (or set ``aml_loopback_guard = true`` in the ini file) to turn the guard on for
 every test of the session.
@@ -21,8 +23,9 @@ import pytest
 from aml_identity.testing import _guard
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
 from aml_identity.testing.azurite import Azurite
+from aml_identity.testing.identity_endpoint import IdentityEndpoint
 
-__all__ = ["aml_tls", "azurite", "loopback_guard"]
+__all__ = ["aml_tls", "azurite", "identity_endpoint", "loopback_guard"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,3 +68,17 @@ def azurite(aml_tls: TlsMaterial, tmp_path_factory: pytest.TempPathFactory) -> I
     """Azurite over HTTPS with ``--oauth basic``, shared by the session."""
     with Azurite(workdir=Path(tmp_path_factory.mktemp("azurite")), tls=aml_tls) as server:
         yield server
+
+
+@pytest.fixture
+def identity_endpoint() -> Iterator[IdentityEndpoint]:
+    """A managed-identity endpoint emulator on ``127.0.0.1``, started for the test and stopped after it.
+
+    Point clients at it with ``monkeypatch.setenv`` over ``identity_endpoint.azureml_environ()`` (or
+    ``imds_environ()`` / ``app_service_environ()``). Requests a test left hanging are released first.
+    """
+    with IdentityEndpoint() as endpoint:
+        try:
+            yield endpoint
+        finally:
+            endpoint.release_hangs()
