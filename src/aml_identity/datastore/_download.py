@@ -71,7 +71,7 @@ class _RangedFile:
 
 
 class _Download:
-    def __init__(
+    def __init__(  # noqa: PLR0917 - private; built in one place
         self,
         location: BlobLocation,
         dest: str,

@@ -72,7 +72,7 @@ class Progress:
         description: The bar's label.
     """
 
-    def __init__(self, progress: bool | ProgressCallback | None, description: str) -> None:
+    def __init__(self, progress: bool | ProgressCallback | None, description: str) -> None:  # noqa: FBT001
         """Create the reporter."""
         self._lock = threading.Lock()
         self.done = 0

@@ -63,8 +63,7 @@ def convert_storage_error(
         role = ROLE_FOR[operation]
         assignee = object_id or "<the identity's object id>"
         network = (
-            " (AuthorizationFailure can also mean the account's firewall or private-endpoint rules block this "
-            "network.)"
+            " (AuthorizationFailure can also mean the account's firewall or private-endpoint rules block this network.)"
             if code == "AuthorizationFailure"
             else ""
         )
@@ -72,7 +71,7 @@ def convert_storage_error(
             f"Storage account {account!r} refused to let the identity ({who}) {_VERB[operation]} container "
             f"{container!r}: HTTP 403 {code}.{network} Grant the identity the '{role}' role on the storage "
             f"account (or the container), for example\n"
-            f'  az role assignment create --assignee-object-id {assignee} --assignee-principal-type '
+            f"  az role assignment create --assignee-object-id {assignee} --assignee-principal-type "
             f'ServicePrincipal --role "{role}" --scope <the storage account resource id>\n'
             f"or aml_identity.provisioning.grant_data_access({assignee!r}, scope, role={role!r}). New role "
             "assignments can take a few minutes to apply.",

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from aml_identity.errors import TransferError
 
-__all__ = ["PARTIAL_SUFFIX", "JOURNAL_SUFFIX", "is_transfer_artifact", "local_path_for", "partial_path"]
+__all__ = [
+    "JOURNAL_SUFFIX",
+    "PARTIAL_SUFFIX",
+    "ensure_parent",
+    "is_transfer_artifact",
+    "local_path_for",
+    "partial_path",
+]
 
 # A download writes `<dir>/.<name>.aml-partial` and renames it to `<dir>/<name>` once verified; a file
 # fetched in several ranges also keeps `<dir>/.<name>.aml-partial.journal`, the ranges already on disk.
@@ -23,7 +30,7 @@ def partial_path(final: str) -> str:
 
 def is_transfer_artifact(name: str) -> bool:
     """Whether a local file name is one of our partial files or journals (never uploaded)."""
-    return name.startswith(".") and (name.endswith(PARTIAL_SUFFIX) or name.endswith(JOURNAL_SUFFIX))
+    return name.startswith(".") and (name.endswith((PARTIAL_SUFFIX, JOURNAL_SUFFIX)))
 
 
 def local_path_for(dest: str, relative: str, blob_name: str) -> str:

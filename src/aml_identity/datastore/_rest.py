@@ -20,16 +20,15 @@ import functools
 import http.client
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
-import xml.etree.ElementTree as ET  # noqa: S405 - parses answers from the storage endpoint we chose to call
+import xml.etree.ElementTree as ET
 from base64 import b64decode
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 import jwt
@@ -101,15 +100,14 @@ class StorageHttpError(Exception):
         self.resource = resource
 
 
-class _SupportsTokenInfo(Protocol):
-    def get_token_info(self, *scopes: str, options: Any = None) -> Any: ...
-
-
 class BearerToken:
     """The current ``Authorization`` header for one credential and scope, refreshed ahead of expiry.
 
-    The hot path (:meth:`header`) is an attribute read and a clock compare; a refresh happens under a lock
-    in one thread while the others keep using the still-valid token.
+    With the job credential (:class:`aml_identity.credential.JobCredential`) every request asks it: its
+    cache hit is a dictionary read and a clock compare (~1 us), and it alone decides - by its own clock and
+    refresh policy - when a token is refreshed. Any other ``TokenCredential`` is asked again only when its
+    token is due for a refresh (its ``refresh_on``, else halfway to expiry or 5 min before, whichever comes
+    first), by one thread while the others keep the still-valid token.
     """
 
     def __init__(
@@ -124,7 +122,7 @@ class BearerToken:
         Args:
             credential: Any azure-core ``TokenCredential`` (``get_token_info`` is used when it has one).
             scope: The scope to ask for.
-            clock: The wall clock (injected by tests).
+            clock: The wall clock for the refresh schedule of other credentials (injected by tests).
         """
         self._credential = credential
         self._scope = scope
@@ -133,10 +131,23 @@ class BearerToken:
         self._header = ""
         self._token = ""
         self._refresh_at = 0.0
-        self._expires_on = 0.0
+        self._per_call: Callable[[str], Any] | None = None
+        try:
+            from aml_identity.credential import JobCredential  # noqa: PLC0415 - avoid an import cycle
+
+            if isinstance(credential, JobCredential):
+                self._per_call = credential.get_token_info
+        except ImportError:  # pragma: no cover - the runtime package is always there
+            pass
 
     def header(self) -> str:
         """Return ``"Bearer <token>"``, refreshing the token first when it is due."""
+        if self._per_call is not None:
+            token = self._per_call(self._scope).token
+            if token is not self._token:
+                self._token = token
+                self._header = "Bearer " + token
+            return self._header
         if self._clock() < self._refresh_at:
             return self._header
         with self._lock:
@@ -177,7 +188,6 @@ class BearerToken:
             due = min(due, refresh_on)
         self._token = token
         self._header = "Bearer " + token
-        self._expires_on = expires_on
         self._refresh_at = max(due, now + TOKEN_MIN_RECHECK_S) if remaining > TOKEN_MIN_RECHECK_S else now
 
 
@@ -216,7 +226,9 @@ def _http_date(value: str) -> float:
         return 0.0
 
 
-def _error_from(status: int, headers: http.client.HTTPMessage | None, body: bytes, method: str, resource: str) -> StorageHttpError:
+def _error_from(
+    status: int, headers: http.client.HTTPMessage | None, body: bytes, method: str, resource: str
+) -> StorageHttpError:
     code = headers.get("x-ms-error-code") if headers is not None else None
     detail = ""
     if body:
@@ -323,7 +335,7 @@ class BlobRestClient:
                 pass
         return random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))  # noqa: S311 - jitter
 
-    def request(
+    def request(  # noqa: C901, PLR0912, PLR0915 - one retry loop reads best as one function
         self,
         method: str,
         path: str,
@@ -416,7 +428,7 @@ class BlobRestClient:
         else:
             self._give_back(conn)
 
-    def _send(
+    def _send(  # noqa: PLR0917 - private, one caller
         self,
         conn: _Connection,
         method: str,
@@ -450,9 +462,7 @@ class BlobRestClient:
 
     # -- operations --------------------------------------------------------------------------------------
 
-    def list_page(
-        self, container: str, prefix: str, marker: str | None
-    ) -> tuple[list[BlobItem], str | None]:
+    def list_page(self, container: str, prefix: str, marker: str | None) -> tuple[list[BlobItem], str | None]:
         """List one page of blobs under ``prefix`` (flat, with metadata).
 
         Returns:
@@ -485,11 +495,10 @@ class BlobRestClient:
         headers = {"x-ms-range": f"bytes={offset}-{offset + length - 1}"}
         if etag:
             headers["If-Match"] = f'"{etag}"'
-        result = self.request(
+        return self.request(  # type: ignore[return-value]  # on_response given, so its result
             "GET", self.blob_path(container, name), headers=headers, ok=(200, 206), on_response=sink,
             resource=f"{container}/{name}",
         )  # fmt: skip
-        return result  # type: ignore[return-value]  # on_response given, so its result
 
     def put_blob(
         self,
@@ -563,9 +572,7 @@ def parse_listing(body: bytes) -> tuple[list[BlobItem], str | None]:
             continue
         md5_text = props.findtext("Content-MD5")
         metadata_el = blob.find("Metadata")
-        metadata = (
-            {child.tag.lower(): child.text or "" for child in metadata_el} if metadata_el is not None else {}
-        )
+        metadata = {child.tag.lower(): child.text or "" for child in metadata_el} if metadata_el is not None else {}
         items.append(
             BlobItem(
                 name=name,
@@ -578,8 +585,3 @@ def parse_listing(body: bytes) -> tuple[list[BlobItem], str | None]:
         )
     marker = root.findtext("NextMarker") or None
     return items, marker
-
-
-def socket_error_types() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean a connection failed (for callers that read bodies themselves)."""
-    return (OSError, http.client.HTTPException, socket.timeout)

@@ -51,8 +51,10 @@ def _block_id(index: int) -> str:
 
 
 def walk_files(root: str) -> Iterator[tuple[str, str]]:
-    """Yield ``(path, relative posix name)`` for every regular file below ``root`` (symlinked folders not
-    followed; our own partial files and journals left out)."""
+    """Yield ``(path, relative posix name)`` for every regular file below ``root``.
+
+    Symlinked folders are not followed; our own partial files and journals are left out.
+    """
     stack = [("", root)]
     while stack:
         relative_dir, folder = stack.pop()

@@ -74,7 +74,7 @@ def clear_cache() -> None:
 def blob_endpoint(account: str, suffix: str, env: JobEnvironment) -> str:
     """Return the blob endpoint of ``account``: the configured override or the public URL."""
     override = env.blob_endpoints.get(account)
-    return override if override else f"https://{account}.blob.{suffix}"
+    return override or f"https://{account}.blob.{suffix}"
 
 
 def resolve(
@@ -102,7 +102,8 @@ def resolve(
     parsed = DatastoreUri.parse(uri)
     env = JobEnvironment.from_environ(environ)
     if not parsed.is_named:
-        assert parsed.account is not None and parsed.container is not None  # noqa: S101 - parse guarantees it
+        assert parsed.account is not None  # noqa: S101 - parse guarantees these for storage URIs
+        assert parsed.container is not None  # noqa: S101
         assert parsed.endpoint_suffix is not None  # noqa: S101
         endpoint = blob_endpoint(parsed.account, parsed.endpoint_suffix, env)
         return BlobLocation(parsed.account, parsed.container, parsed.path, endpoint, parsed)
@@ -141,7 +142,7 @@ def arm_scope(env: JobEnvironment) -> str:
     return f"{env.arm_endpoint}/.default"
 
 
-def _fetch_datastore(
+def _fetch_datastore(  # noqa: PLR0917 - private, one caller
     env: JobEnvironment,
     sub: str,
     rg: str,
@@ -169,7 +170,7 @@ def _fetch_datastore(
     url = f"{env.arm_endpoint}{path}?api-version={DATASTORES_API_VERSION}"
     check_outbound_url(url, env, what="Azure Resource Manager endpoint")
     where = f"datastore {name!r} of workspace {ws!r} (resource group {rg!r}, subscription {sub})"
-    client = ARMPipelineClient(
+    client: ARMPipelineClient[HttpRequest, Any] = ARMPipelineClient(
         base_url=env.arm_endpoint,
         policies=[
             UserAgentPolicy(sdk_moniker=f"aml-identity/{__version__}"),

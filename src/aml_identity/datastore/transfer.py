@@ -120,16 +120,25 @@ def _workers(max_concurrency: int | None) -> int:
     return max_concurrency
 
 
-def _client(location: BlobLocation, credential: TokenCredential, env: JobEnvironment, counters: Counters) -> BlobRestClient:
+def _client(
+    location: BlobLocation, credential: TokenCredential, env: JobEnvironment, counters: Counters
+) -> BlobRestClient:
     check_outbound_url(location.endpoint, env, what="blob endpoint")
     context = ssl.create_default_context(cafile=env.ca_bundle) if env.ca_bundle else ssl.create_default_context()
-    return BlobRestClient(location.endpoint, BearerToken(credential), ssl_context=context, on_request=counters.count_request)
+    return BlobRestClient(
+        location.endpoint, BearerToken(credential), ssl_context=context, on_request=counters.count_request
+    )
 
 
 def _result(
-    direction: Literal["download", "upload"], source: str, destination: str, counters: Counters, started: float,
+    direction: Literal["download", "upload"],
+    source: str,
+    destination: str,
+    *,
+    counters: Counters,
+    started: float,
     changed: tuple[str, ...] = (),
-) -> TransferResult:  # fmt: skip
+) -> TransferResult:
     return TransferResult(
         direction=direction,
         source=source,
@@ -190,13 +199,37 @@ def download(
     dest_text = os.fspath(dest)
     source = str(DatastoreUri.parse(uri))
     if once_per_node:
-        return _once_per_node(source, dest_text, started, lambda: _download(uri, dest_text, credential, workers, resume, progress, environ, started))
-    return _download(uri, dest_text, credential, workers, resume, progress, environ, started)
+        return _once_per_node(
+            source,
+            dest_text,
+            started,
+            lambda: _download(
+                uri,
+                dest_text,
+                credential=credential,
+                workers=workers,
+                resume=resume,
+                progress=progress,
+                environ=environ,
+                started=started,
+            ),
+        )
+    return _download(
+        uri,
+        dest_text,
+        credential=credential,
+        workers=workers,
+        resume=resume,
+        progress=progress,
+        environ=environ,
+        started=started,
+    )
 
 
 def _download(
     uri: str | DatastoreUri,
     dest: str,
+    *,
     credential: TokenCredential | None,
     workers: int,
     resume: bool,
@@ -217,7 +250,7 @@ def _download(
     finally:
         reporter.close()
         client.close()
-    return _result("download", str(location.uri), target, counters, started)
+    return _result("download", str(location.uri), target, counters=counters, started=started)
 
 
 def _once_per_node(source: str, dest: str, started: float, run: Callable[[], TransferResult]) -> TransferResult:
@@ -318,7 +351,14 @@ def upload(
         _log.warning("%s changed while it was uploaded; the next upload sends it again", path)
     relative = target[len(location.path) :]
     destination = str(location.uri.joinpath(relative) if relative else location.uri)
-    return _result("upload", os.path.abspath(os.fspath(src)), destination, counters, started, tuple(changed))
+    return _result(
+        "upload",
+        os.path.abspath(os.fspath(src)),
+        destination,
+        counters=counters,
+        started=started,
+        changed=tuple(changed),
+    )
 
 
 def files_open_for_writing(root: str) -> frozenset[str]:
@@ -395,7 +435,7 @@ class UploadOnExit:
         try:
             result = self.flush()
         except (AmlIdentityError, OSError) as exc:
-            _log.error("upload_on_exit: uploading %s to %s on %s failed: %s", self.src, self.uri, why, exc)  # noqa: TRY400 - no traceback: the message says it all
+            _log.error("upload_on_exit: uploading %s to %s on %s failed: %s", self.src, self.uri, why, exc)
         else:
             _log.info(
                 "upload_on_exit: %s: uploaded %d file(s), %d up to date", why, result.transferred_files,

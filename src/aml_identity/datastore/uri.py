@@ -47,8 +47,10 @@ _AZUREML_RE = re.compile(
     r"datastores/(?P<name>[^/]+)/paths(?:/(?P<path>.*))?$",
     re.IGNORECASE,
 )
-_STORAGE_RE = re.compile(r"^(?P<scheme>wasbs|wasb|abfss|abfs)://(?P<container>[^@/]+)@(?P<host>[^/]+)(?:/(?P<path>.*))?$")
-_HTTPS_RE = re.compile(r"^https://(?P<host>[^/]+)(?:/(?P<container>[^/]+)(?:/(?P<path>.*))?)?$")
+_STORAGE_RE = re.compile(
+    r"^(?P<scheme>wasbs|wasb|abfss|abfs)://(?P<container>[^@/]+)@(?P<host>[^/]+)(?:/(?P<path>.*))?$"
+)
+_HTTPS_RE = re.compile(r"^https://(?P<host>[^/]+)(?:/(?P<container>[^/]*)(?:/(?P<path>.*))?)?$")
 # Which host service each storage scheme addresses.
 _SCHEME_SERVICE = {"wasbs": "blob", "wasb": "blob", "abfss": "dfs", "abfs": "dfs"}
 
@@ -122,7 +124,7 @@ class DatastoreUri:
         if lowered == "azureml://":
             return cls._parse_azureml(value, text)
         if lowered in ("wasbs://", "wasb://", "abfss://", "abfs://"):
-            return cls._parse_storage(value, lowered[:-3] + text[len(lowered) :])
+            return cls._parse_storage(value, lowered + text[len(lowered) :])
         if lowered == "https://":
             return cls._parse_https(value, "https://" + text[len(lowered) :])
         if lowered == "http://":
@@ -155,7 +157,9 @@ class DatastoreUri:
             raise _fail(value, f"{match['host']!r} is not <account>.blob.<suffix> or <account>.dfs.<suffix>")
         if host["service"] != _SCHEME_SERVICE[scheme]:
             wanted = _SCHEME_SERVICE[scheme]
-            raise _fail(value, f"{scheme}:// addresses the {wanted} endpoint, so the host must be <account>.{wanted}.<suffix>")
+            raise _fail(
+                value, f"{scheme}:// addresses the {wanted} endpoint, so the host must be <account>.{wanted}.<suffix>"
+            )
         container = match["container"]
         if not _CONTAINER_RE.match(container):
             raise _fail(value, f"{container!r} is not a valid container name (3-63 lowercase letters, digits, hyphens)")
@@ -212,8 +216,7 @@ class DatastoreUri:
         """
         if self.account is None or self.endpoint_suffix is None:
             raise ConfigurationError(
-                f"{self} names a datastore, not a storage account: resolve it first "
-                "(aml_identity.datastore.resolve).",
+                f"{self} names a datastore, not a storage account: resolve it first (aml_identity.datastore.resolve).",
                 name="uri",
             )
         return f"https://{self.account}.blob.{self.endpoint_suffix}"

@@ -2,18 +2,25 @@
 
 Azurite checks a bearer token's issuer, audience and lifetime but no roles: any valid token may read and
 write everything. Real storage also checks that the token's identity holds a role granting the request's
-*data action* (``.../containers/blobs/read`` to read or list, ``.../blobs/write`` to write...), and answers
-``403 AuthorizationPermissionMismatch`` otherwise. This HTTPS proxy adds that check: it works out each
-request's data action, asks an ``authorizer`` whether the token's principal (its ``oid`` claim) holds it on
-the account, and either forwards the request to Azurite or answers exactly as Azure does.
+data action (``.../containers/blobs/read`` to read or list, ``.../blobs/write`` to write...), and answers
+``403 AuthorizationPermissionMismatch`` otherwise. This HTTPS proxy adds that check: it works out what
+each request does (read, list, write, delete), asks an ``authorizer`` whether the token's principal (its
+``oid`` claim) may do it on the account and container, and either forwards the request to Azurite or
+answers exactly as Azure does.
 
-The authorizer is any ``(principal_id, account_name, action) -> bool`` callable - normally the ARM
-emulator's ``has_data_role``, so that granting a role through the emulator (or with
-``aml_identity.provisioning.grant_data_access``) takes effect at once. Requests without a bearer token
+The authorizer is normally the ARM emulator's ``has_data_role``, so that granting a role through the
+emulator (or with ``aml_identity.provisioning.grant_data_access``) takes effect at once. Requests without a bearer token
 (shared key, SAS) pass through unchecked, as they do in Azure.
 
-It also records every request (method, path, range, status, principal) so tests can count what a client
-really sent.
+It also records every request (method, path, range, status, principal, token) so tests can count what a
+client really sent.
+
+**Time**: with ``clock=`` (for example the :class:`~aml_identity.testing.FakeClock` shared with the identity
+endpoint emulator), the proxy also checks each bearer token's lifetime against that clock, as storage does
+against its own, answering 403 ``AuthenticationFailed`` "Lifetime validation failed. The token is expired."
+Then tokens can expire mid-transfer in a test that moves time instead of waiting. Since Azurite checks
+lifetimes against the real clock, the proxy forwards such requests with a token re-minted for the same
+identity on the real clock.
 """
 
 from __future__ import annotations
@@ -31,39 +38,45 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
 from types import TracebackType
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
 
+from aml_identity.testing._jwt import DEFAULT_TENANT_ID, mint_token
 from aml_identity.testing._tls import TlsMaterial
 
-__all__ = [
-    "BLOB_DELETE",
-    "BLOB_READ",
-    "BLOB_WRITE",
-    "CONTAINER_DELETE",
-    "CONTAINER_READ",
-    "CONTAINER_WRITE",
-    "Authorizer",
-    "ProxiedRequest",
-    "StorageAuthProxy",
-    "data_action",
-]
+__all__ = ["DATA_ACTIONS", "Action", "Authorizer", "ProxiedRequest", "StorageAuthProxy", "classify"]
 
-# The RBAC actions a blob request needs (Azure built-in role definitions use these exact strings; the
-# blob ones are DataActions, the container ones Actions that the data roles also grant).
-BLOB_READ = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read"
-BLOB_WRITE = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write"
-BLOB_DELETE = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete"
-CONTAINER_READ = "Microsoft.Storage/storageAccounts/blobServices/containers/read"
-CONTAINER_WRITE = "Microsoft.Storage/storageAccounts/blobServices/containers/write"
-CONTAINER_DELETE = "Microsoft.Storage/storageAccounts/blobServices/containers/delete"
+Action = Literal["read", "write", "delete", "list"]
 
-Authorizer = Callable[[str, str, str], bool]
+# The RBAC permission each kind of request needs, as Azure's built-in role definitions spell it: Storage
+# Blob Data Reader grants read and list; Contributor and Owner grant all four.
+DATA_ACTIONS: dict[str, str] = {
+    "read": "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read",
+    "list": "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read",
+    "write": "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write",
+    "delete": "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete",
+}
+
+
+class Authorizer(Protocol):
+    """``authorizer(principal_id, account_name, action, container=...) -> bool`` (``ArmEmulator.has_data_role``)."""
+
+    def __call__(self, principal_id: str, account_name: str, action: Action, *, container: str | None = None) -> bool:
+        """Return whether the principal may do ``action`` on blobs of the account (and container)."""
+        ...
+
 
 # Azure's answer to a request whose identity lacks the role (status reason, code and message verbatim).
 _DENIED_REASON = "This request is not authorized to perform this operation using this permission."
 _DENIED_CODE = "AuthorizationPermissionMismatch"
+_AUTH_FAILED_REASON = (
+    "Server failed to authenticate the request. Make sure the value of Authorization header is formed "
+    "correctly including the signature."
+)
+# Lifetime of the tokens the proxy re-mints for Azurite (only with an injected clock): any test's length.
+_REMINT_LIFETIME_S = 3600
 # Bytes copied per read while streaming bodies through.
 _CHUNK = 256 * 1024
 # Upstream socket timeout; Azurite answers in milliseconds, so this only bounds a hung test.
@@ -74,34 +87,30 @@ _HOP_BY_HOP = frozenset(
 )
 
 
-def data_action(method: str, path: str, query: str) -> tuple[str, str]:
-    """Return ``(account, action)`` for a path-style Blob service request.
+def classify(method: str, path: str, query: str) -> tuple[str, str | None, Action]:
+    """Return ``(account, container, action)`` for a path-style Blob service request.
 
     Args:
         method: The HTTP method.
-        path: ``/<account>[/<container>[/<blob>]]``.
+        path: ``/<account>[/<container>[/<blob>]]`` (percent-decoded).
         query: The query string (``comp=list``, ``restype=container``...).
 
     Returns:
-        The account named in the path and the RBAC action the request needs.
+        The account and container named in the path, and what the request does to blobs: ``list`` (List
+        Blobs), ``read`` (Get Blob, properties, block lists; container reads), ``write`` (Put Blob/Block/
+        Block List, metadata; creating a container) or ``delete``.
     """
     parts = path.lstrip("/").split("/", 2)
     account = parts[0]
-    has_blob = len(parts) == 3 and parts[2] != ""  # noqa: PLR2004 - account/container/blob
+    container = parts[1] if len(parts) > 1 and parts[1] else None
     params = parse_qs(query)
-    is_container = params.get("restype") == ["container"]
     method = method.upper()
-    if has_blob or (is_container and params.get("comp") == ["list"]):
-        if method in ("GET", "HEAD"):
-            return account, BLOB_READ
-        if method == "DELETE":
-            return account, BLOB_DELETE
-        return account, BLOB_WRITE
     if method in ("GET", "HEAD"):
-        return account, CONTAINER_READ
+        is_listing = params.get("restype") == ["container"] and params.get("comp") == ["list"]
+        return account, container, "list" if is_listing else "read"
     if method == "DELETE":
-        return account, CONTAINER_DELETE
-    return account, CONTAINER_WRITE
+        return account, container, "delete"
+    return account, container, "write"
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,9 @@ class ProxiedRequest:
         query: The query string.
         range: The ``x-ms-range``/``Range`` header, if any.
         principal: The token's ``oid``, or ``None`` without a bearer token.
-        action: The RBAC action it needed.
+        action: What it does to blobs (``read``, ``list``, ``write``, ``delete``).
         status: The status returned to the client.
+        token_id: The token's ``uti`` claim (which token was used), if any.
     """
 
     method: str
@@ -123,19 +133,33 @@ class ProxiedRequest:
     query: str
     range: str | None
     principal: str | None
-    action: str
+    action: Action
     status: int
+    token_id: str | None = None
 
 
-def _principal(authorization: str | None) -> str | None:
+def _claims(authorization: str | None) -> dict[str, Any] | None:
+    """Return the bearer token's claims (unverified), ``{}`` for a malformed one, None without one."""
     if not authorization or not authorization.lower().startswith("bearer "):
         return None
     try:
-        claims = jwt.decode(authorization[7:].strip(), options={"verify_signature": False})
+        claims: dict[str, Any] = jwt.decode(authorization[7:].strip(), options={"verify_signature": False})
     except jwt.PyJWTError:
-        return ""  # malformed: let Azurite reject it with its own error
-    oid = claims.get("oid")
-    return oid if isinstance(oid, str) else ""
+        return {}  # malformed: let Azurite reject it with its own error
+    return claims
+
+
+def _remint(claims: dict[str, Any]) -> str:
+    """Return a token for the same identity and audience, valid now on the real clock (for Azurite)."""
+    now = int(time.time())
+    return mint_token(
+        audience=str(claims.get("aud", "https://storage.azure.com")),
+        issued_at=now - 60,
+        expires_on=now + _REMINT_LIFETIME_S,
+        object_id=str(claims.get("oid", "")),
+        client_id=str(claims.get("appid", "")),
+        tenant_id=str(claims.get("tid") or DEFAULT_TENANT_ID),
+    )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -159,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes | None:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";", 1)[0], 16)
                 if size == 0:
@@ -174,34 +198,45 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         url = urlsplit(self.path)
         path = unquote(url.path)
-        account, action = data_action(self.command, path, url.query)
-        principal = _principal(self.headers.get("Authorization"))
+        account, container, action = classify(self.command, path, url.query)
+        claims = _claims(self.headers.get("Authorization"))
+        principal = None if claims is None else str(claims.get("oid") or "")
+        token_id = None if claims is None else str(claims.get("uti") or "")
         rng = self.headers.get("x-ms-range") or self.headers.get("Range")
         chunked_body = self._read_body()
-        if principal and not proxy.authorizer(principal, account, action):
+        refusal: tuple[str, str] | None = None
+        if claims and proxy.clock is not None and not claims.get("nbf", 0) <= proxy.clock() < claims.get("exp", 0):
+            refusal = ("AuthenticationFailed", "Lifetime validation failed. The token is expired.")
+        elif principal and not proxy.authorizer(principal, account, action, container=container):
+            refusal = (_DENIED_CODE, "")
+        if refusal is not None:
             length = int(self.headers.get("Content-Length") or 0)
             while length > 0:  # drain the refused request's body to keep the connection usable
                 length -= len(self.rfile.read(min(_CHUNK, length)))
-            self._deny()
-            proxy.record(ProxiedRequest(self.command, path, url.query, rng, principal, action, 403))
+            self._deny(*refusal)
+            proxy.record(ProxiedRequest(self.command, path, url.query, rng, principal, action, 403, token_id))
             return
+        if claims and proxy.clock is not None:
+            self.headers.replace_header("Authorization", "Bearer " + _remint(claims))
         status = self._forward(chunked_body)
-        proxy.record(ProxiedRequest(self.command, path, url.query, rng, principal, action, status))
+        proxy.record(ProxiedRequest(self.command, path, url.query, rng, principal, action, status, token_id))
 
-    def _deny(self) -> None:
+    def _deny(self, code: str, auth_detail: str) -> None:
         request_id = str(uuid.uuid4())
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e7):07d}Z"
+        reason = _DENIED_REASON if code == _DENIED_CODE else _AUTH_FAILED_REASON
+        detail = f"<AuthenticationErrorDetail>{auth_detail}</AuthenticationErrorDetail>" if auth_detail else ""
         body = (
-            f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{_DENIED_CODE}</Code><Message>{_DENIED_REASON}\n'
-            f"RequestId:{request_id}\nTime:{stamp}</Message></Error>"
+            f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{reason}\n'
+            f"RequestId:{request_id}\nTime:{stamp}</Message>{detail}</Error>"
         ).encode()
-        self.send_response_only(403, _DENIED_REASON)
+        self.send_response_only(403, reason)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Server", "Windows-Azure-Blob/1.0 Microsoft-HTTPAPI/2.0")
         self.send_header("x-ms-request-id", request_id)
         self.send_header("x-ms-version", self.headers.get("x-ms-version", "2025-11-05"))
-        self.send_header("x-ms-error-code", _DENIED_CODE)
+        self.send_header("x-ms-error-code", code)
         self.send_header("Date", formatdate(now, usegmt=True))
         self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
         self.end_headers()
@@ -292,12 +327,13 @@ class StorageAuthProxy:
 
     Args:
         upstream: Azurite's base URL (``https://127.0.0.1:<port>``; an account path is ignored).
-        authorizer: ``(principal_id, account, action) -> bool``: whether the principal holds ``action``
-            on the account (e.g. ``ArmEmulator.has_data_role``).
+        authorizer: Whether a principal may do an action on an account's blobs (normally
+            ``ArmEmulator.has_data_role``; see :class:`Authorizer`).
         tls: The certificate the proxy presents (clients must trust it, as they trust Azurite's).
         upstream_ca: The CA file to verify Azurite with (``tls.cert`` when omitted: the usual case of
             both sharing one certificate).
         port: The port to listen on (a free one when omitted).
+        clock: Check token lifetimes against this clock too (see the module docstring).
     """
 
     def __init__(
@@ -308,6 +344,7 @@ class StorageAuthProxy:
         tls: TlsMaterial,
         upstream_ca: str | None = None,
         port: int = 0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         """Configure (not start) the proxy."""
         parts = urlsplit(upstream)
@@ -320,6 +357,7 @@ class StorageAuthProxy:
         self.upstream_context = ssl.create_default_context(cafile=upstream_ca or str(tls.cert))
         self.server_context = tls.server_context()
         self.authorizer = authorizer
+        self.clock = clock
         self._port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
