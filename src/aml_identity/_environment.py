@@ -143,6 +143,7 @@ class JobEnvironment:
     workspace_name: str | None = None
     local_rank: int | None = None
     ca_bundle: str | None = None
+    run_id: str | None = None
     from_process: bool = field(default=False, compare=False)
 
     @classmethod
@@ -211,6 +212,7 @@ class JobEnvironment:
             workspace_name=_get(env, "AZUREML_ARM_WORKSPACE_NAME"),
             local_rank=local_rank,
             ca_bundle=_get(env, "REQUESTS_CA_BUNDLE") or _get(env, "CURL_CA_BUNDLE"),
+            run_id=_get(env, "AZUREML_RUN_ID"),
             from_process=env is os.environ,
         )
 

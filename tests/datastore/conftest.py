@@ -83,3 +83,26 @@ def _tree(root: Path) -> dict[str, bytes]:
 def tree():
     """``tree(folder)``: every regular file below it (relative posix name -> content), partial files left out."""
     return _tree
+
+
+@pytest.fixture
+def open_proxy(azurite):
+    """A StorageAuthProxy in front of Azurite that allows everything: it only records what clients send."""
+    from aml_identity.testing import StorageAuthProxy
+
+    with StorageAuthProxy(
+        f"https://127.0.0.1:{azurite.port}", authorizer=lambda *args, **kwargs: True, tls=azurite.tls
+    ) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def via(storage_job):
+    """``via(proxy)``: the job environment with the storage account routed through ``proxy``."""
+
+    def environ(proxy) -> dict[str, str]:
+        env = dict(os.environ)
+        env["AML_IDENTITY_BLOB_ENDPOINTS"] = json.dumps({ACCOUNT: proxy.blob_endpoint(ACCOUNT)})
+        return env
+
+    return environ

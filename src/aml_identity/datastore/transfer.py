@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import ssl
+import stat
 import tempfile
 import threading
 import time
@@ -37,7 +38,7 @@ from aml_identity.datastore._rest import BearerToken, BlobRestClient
 from aml_identity.datastore._upload import run_upload
 from aml_identity.datastore.resolve import BlobLocation, resolve
 from aml_identity.datastore.uri import DatastoreUri
-from aml_identity.errors import AmlIdentityError, ConfigurationError
+from aml_identity.errors import AmlIdentityError, ConfigurationError, TransferError
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -52,8 +53,9 @@ DEFAULT_MAX_CONCURRENCY = 32
 # The most we allow (each worker is a thread and a TLS connection).
 MAX_CONCURRENCY = 256
 # With once_per_node=True, a process that finds another's finished download of the same URI and folder
-# reuses it if it finished at most this long before the call: the ranks of one job start within minutes
-# of each other, while a call much later (a new job on the same node) checks storage again.
+# reuses it when both belong to the same Azure ML run (AZUREML_RUN_ID); without a run id, when it finished
+# at most this long before the call: the ranks of one job start within minutes of each other, while a
+# call much later (a new job on the same node) checks storage again.
 ONCE_PER_NODE_REUSE_S = 600.0
 
 ProgressArg = bool | Callable[[int, int], None] | None
@@ -200,6 +202,7 @@ def download(
     source = str(DatastoreUri.parse(uri))
     if once_per_node:
         return _once_per_node(
+            JobEnvironment.from_environ(environ).run_id,
             source,
             dest_text,
             started,
@@ -253,19 +256,28 @@ def _download(
     return _result("download", str(location.uri), target, counters=counters, started=started)
 
 
-def _once_per_node(source: str, dest: str, started: float, run: Callable[[], TransferResult]) -> TransferResult:
+def _once_per_node(
+    run_id: str | None, source: str, dest: str, started: float, run: Callable[[], TransferResult]
+) -> TransferResult:
     from filelock import FileLock  # noqa: PLC0415 - only for once_per_node
 
     key = hashlib.sha256(f"{source}\0{os.path.abspath(dest)}".encode()).hexdigest()[:32]
     folder = os.path.join(tempfile.gettempdir(), f"aml-identity-{os.getuid()}")
     os.makedirs(folder, mode=0o700, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise TransferError(
+            f"once_per_node needs a private lock folder, but {folder!r} is not a directory owned by this user "
+            "with mode 0700; remove it (or set TMPDIR to another folder) and run again."
+        )
     marker = os.path.join(folder, f"download-{key}.done")
     called_at = time.time()
     with FileLock(os.path.join(folder, f"download-{key}.lock")):
         with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
             with open(marker, encoding="utf-8") as f:
                 done = json.load(f)
-            if done["finished_at"] >= called_at - ONCE_PER_NODE_REUSE_S:
+            same_run = done["run_id"] == run_id if run_id else done["finished_at"] >= called_at - ONCE_PER_NODE_REUSE_S
+            if same_run and os.path.exists(done["destination"]):
                 _log.info("another process on this node downloaded %s to %s; reusing it", source, dest)
                 return TransferResult(
                     direction="download",
@@ -284,6 +296,7 @@ def _once_per_node(source: str, dest: str, started: float, run: Callable[[], Tra
         result = run()
         payload = {
             "finished_at": time.time(),
+            "run_id": run_id,
             "destination": result.destination,
             "files": result.files,
             "bytes": result.bytes_transferred + result.bytes_skipped + result.bytes_resumed,
@@ -402,7 +415,7 @@ class UploadOnExit:
         environ: Mapping[str, str] | None = None,
         signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
     ) -> None:
-        """Register the exit and signal hooks (signals only from the main thread)."""
+        """Register the exit and signal hooks (signals only from the main thread); create ``src`` if missing."""
         self.src = os.path.abspath(os.fspath(src))
         self.uri = DatastoreUri.parse(uri)
         self._credential = credential
@@ -412,6 +425,8 @@ class UploadOnExit:
         self._previous: dict[int, Any] = {}
         self._active = True
         self.last_result: TransferResult | None = None
+        if not os.path.exists(self.src):
+            os.makedirs(self.src)  # the outputs folder the job is about to write into
         atexit.register(self._at_exit)
         if threading.current_thread() is threading.main_thread():
             for signum in signals:
@@ -422,8 +437,6 @@ class UploadOnExit:
     def flush(self) -> TransferResult:
         """Upload every closed file now (unchanged ones are skipped)."""
         with self._lock:
-            if not os.path.exists(self.src):
-                os.makedirs(self.src)
             self.last_result = upload(
                 self.src, self.uri, overwrite=True, credential=self._credential,
                 max_concurrency=self._max_concurrency, progress=False, environ=self._environ,
