@@ -137,6 +137,7 @@ class JobEnvironment:
     resource_group: str | None = None
     workspace_name: str | None = None
     local_rank: int | None = None
+    specs_dir: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
@@ -203,6 +204,7 @@ class JobEnvironment:
             resource_group=_get(env, "AZUREML_ARM_RESOURCEGROUP"),
             workspace_name=_get(env, "AZUREML_ARM_WORKSPACE_NAME"),
             local_rank=local_rank,
+            specs_dir=_get(env, "AML_IDENTITY_SPECS_DIR"),
         )
 
 

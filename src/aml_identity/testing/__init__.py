@@ -10,9 +10,11 @@ from __future__ import annotations
 from aml_identity.testing._guard import LoopbackViolationError
 from aml_identity.testing._jwt import mint_token
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
+from aml_identity.testing.arm import ArmEmulator
 from aml_identity.testing.azurite import Azurite, AzuriteNotFoundError
 
 __all__ = [
+    "ArmEmulator",
     "Azurite",
     "AzuriteNotFoundError",
     "LoopbackViolationError",

@@ -6,6 +6,9 @@ available in any test suite:
 * ``aml_tls`` (session): a self-signed certificate for ``127.0.0.1``/``localhost``.
 * ``azurite`` (session): Azurite over HTTPS with bearer-token auth (needs ``npm install azurite``).
 * ``loopback_guard``: refuses any connection off loopback for the duration of a test.
+* ``arm_emulator``: an :class:`~aml_identity.testing.ArmEmulator` for one test (needs the official specs:
+  ``AML_IDENTITY_SPECS_DIR`` or ``../shared/specs``); it fails the test if it sent a body that does not
+  match the spec.
 
 Pass ``--aml-loopback-guard`` (or set ``aml_loopback_guard = true`` in the ini file) to turn the guard on for
 every test of the session.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,7 +26,10 @@ from aml_identity.testing import _guard
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
 from aml_identity.testing.azurite import Azurite
 
-__all__ = ["aml_tls", "azurite", "loopback_guard"]
+if TYPE_CHECKING:
+    from aml_identity.testing.arm import ArmEmulator
+
+__all__ = ["aml_tls", "arm_emulator", "azurite", "loopback_guard"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,3 +72,12 @@ def azurite(aml_tls: TlsMaterial, tmp_path_factory: pytest.TempPathFactory) -> I
     """Azurite over HTTPS with ``--oauth basic``, shared by the session."""
     with Azurite(workdir=Path(tmp_path_factory.mktemp("azurite")), tls=aml_tls) as server:
         yield server
+
+
+@pytest.fixture
+def arm_emulator(aml_tls: TlsMaterial) -> Iterator[ArmEmulator]:
+    """An Azure Resource Manager emulator for one test, on the session's certificate."""
+    from aml_identity.testing.arm import ArmEmulator  # noqa: PLC0415 - loads jsonschema only when used
+
+    with ArmEmulator(tls=aml_tls) as emulator:
+        yield emulator
