@@ -12,11 +12,13 @@ from aml_identity.testing._guard import LoopbackViolationError
 from aml_identity.testing._identities import EmulatedIdentity
 from aml_identity.testing._jwt import mint_token
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
+from aml_identity.testing.arm import ArmEmulator
 from aml_identity.testing.azurite import Azurite, AzuriteNotFoundError
 from aml_identity.testing.identity_endpoint import Fault, IdentityEndpoint, RecordedRequest
 from aml_identity.testing.storage_proxy import StorageAuthProxy
 
 __all__ = [
+    "ArmEmulator",
     "Azurite",
     "AzuriteNotFoundError",
     "EmulatedIdentity",

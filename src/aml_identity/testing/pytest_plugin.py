@@ -8,6 +8,9 @@ available in any test suite:
 * ``loopback_guard``: refuses any connection off loopback for the duration of a test.
 * ``identity_endpoint``: a running :class:`~aml_identity.testing.IdentityEndpoint` (one user-assigned
   identity ``uai-default``), stopped after the test; configure it further in the test.
+* ``arm_emulator``: an :class:`~aml_identity.testing.ArmEmulator` for one test (needs the official specs:
+  ``AML_IDENTITY_SPECS_DIR`` or ``../shared/specs``); it fails the test if it sent a body that does not
+  match the spec.
 
 Pass ``--aml-loopback-guard`` (or set ``aml_loopback_guard = true`` in the ini file) to turn the guard on for
 every test of the session.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -25,7 +29,10 @@ from aml_identity.testing._tls import TlsMaterial, make_tls_material
 from aml_identity.testing.azurite import Azurite
 from aml_identity.testing.identity_endpoint import IdentityEndpoint
 
-__all__ = ["aml_tls", "azurite", "identity_endpoint", "loopback_guard"]
+if TYPE_CHECKING:
+    from aml_identity.testing.arm import ArmEmulator
+
+__all__ = ["aml_tls", "arm_emulator", "azurite", "identity_endpoint", "loopback_guard"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -82,3 +89,12 @@ def identity_endpoint() -> Iterator[IdentityEndpoint]:
             yield endpoint
         finally:
             endpoint.release_hangs()
+
+
+@pytest.fixture
+def arm_emulator(aml_tls: TlsMaterial) -> Iterator[ArmEmulator]:
+    """An Azure Resource Manager emulator for one test, on the session's certificate."""
+    from aml_identity.testing.arm import ArmEmulator  # noqa: PLC0415 - loads jsonschema only when used
+
+    with ArmEmulator(tls=aml_tls) as emulator:
+        yield emulator

@@ -1,0 +1,22 @@
+"""An Azure Resource Manager emulator for the APIs aml-identity uses, validated by the official specs.
+
+See :class:`ArmEmulator`.
+"""
+
+from __future__ import annotations
+
+from aml_identity.testing.arm._api import RecordedRequest
+from aml_identity.testing.arm._emulator import ArmEmulator, SpecViolationError
+from aml_identity.testing.arm._openapi import ArmSpecs, SpecError, SpecsNotFoundError, find_specs_dir
+from aml_identity.testing.arm._state import VmSize
+
+__all__ = [
+    "ArmEmulator",
+    "ArmSpecs",
+    "RecordedRequest",
+    "SpecError",
+    "SpecViolationError",
+    "SpecsNotFoundError",
+    "VmSize",
+    "find_specs_dir",
+]
