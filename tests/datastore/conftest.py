@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -59,6 +60,24 @@ class Store:
         """Every blob under ``prefix`` (name relative to it -> content)."""
         return {b.name[len(prefix) :]: self.read(b.name) for b in self.client.list_blobs(name_starts_with=prefix)}
 
+    def matches(self, prefix: str, files: dict[str, bytes]) -> bool:
+        """Whether the blobs under ``prefix`` are exactly ``files`` (relative name -> content).
+
+        Compares the Content-MD5 the service computed on upload (one listing); blobs without one (committed
+        from blocks) are read and compared whole.
+        """
+        listed = {b.name[len(prefix) :]: b for b in self.client.list_blobs(name_starts_with=prefix)}
+        if set(listed) != set(files):
+            return False
+        for name, blob in listed.items():
+            md5 = blob.content_settings.content_md5
+            if md5 is not None:
+                if bytes(md5) != hashlib.md5(files[name], usedforsecurity=False).digest():
+                    return False
+            elif self.read(blob.name) != files[name]:
+                return False
+        return True
+
 
 @pytest.fixture
 def store(azurite) -> Store:
@@ -91,7 +110,7 @@ def open_proxy(azurite):
     from aml_identity.testing import StorageAuthProxy
 
     with StorageAuthProxy(
-        f"https://127.0.0.1:{azurite.port}", authorizer=lambda *args, **kwargs: True, tls=azurite.tls
+        f"https://127.0.0.1:{azurite.port}", authorizer=lambda *_, **__: True, tls=azurite.tls
     ) as proxy:
         yield proxy
 
@@ -106,3 +125,24 @@ def via(storage_job):
         return env
 
     return environ
+
+
+SUBSCRIPTION = "5ab5c1e7-0000-4000-8000-00000000da7a"
+RESOURCE_GROUP = "rg-data"
+WORKSPACE = "ws-data"
+
+
+@pytest.fixture
+def workspace_job(storage_job, arm_emulator, clean_env):
+    """The storage job inside a workspace served by the ARM emulator (AZUREML_ARM_* and the ARM endpoint set)."""
+    arm_emulator.add_workspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE)
+    for name, value in arm_emulator.environ().items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("AZUREML_ARM_SUBSCRIPTION", SUBSCRIPTION)
+    clean_env.setenv("AZUREML_ARM_RESOURCEGROUP", RESOURCE_GROUP)
+    clean_env.setenv("AZUREML_ARM_WORKSPACE_NAME", WORKSPACE)
+    from aml_identity.datastore.resolve import clear_cache
+
+    clear_cache()
+    yield arm_emulator
+    clear_cache()

@@ -125,9 +125,11 @@ def _put_raw(azurite, container: str, name_in_url: str, body: bytes) -> None:
     now = int(time.time())
     token = mint_token(audience="https://storage.azure.com", issued_at=now - 60, expires_on=now + 600,
                        object_id="seed", client_id="seed")  # fmt: skip
-    conn = http.client.HTTPSConnection(url.hostname, url.port, context=ssl.create_default_context(cafile=str(azurite.tls.cert)))
-    conn.request("PUT", f"{url.path}/{container}/{name_in_url}", body=body,
-                 headers={"Authorization": f"Bearer {token}", "x-ms-version": "2025-11-05", "x-ms-blob-type": "BlockBlob"})  # fmt: skip
+    conn = http.client.HTTPSConnection(
+        url.hostname, url.port, context=ssl.create_default_context(cafile=str(azurite.tls.cert))
+    )
+    headers = {"Authorization": f"Bearer {token}", "x-ms-version": "2025-11-05", "x-ms-blob-type": "BlockBlob"}
+    conn.request("PUT", f"{url.path}/{container}/{name_in_url}", body=body, headers=headers)
     response = conn.getresponse()
     response.read()
     assert response.status == 201, response.status
@@ -135,7 +137,9 @@ def _put_raw(azurite, container: str, name_in_url: str, body: bytes) -> None:
 
 
 @pytest.mark.parametrize("evil", ["d/../../x", "d//abs", "d/a/../../../y", "d/./z"])
-def test_a_blob_name_escaping_dest_is_refused_and_nothing_is_written_outside(storage_job, azurite, store, tmp_path, evil):
+def test_a_blob_name_escaping_dest_is_refused_and_nothing_is_written_outside(
+    storage_job, azurite, store, tmp_path, evil
+):
     store.seed({"d/fine.txt": b"ok"})
     _put_raw(azurite, store.name, evil, b"evil")
     assert evil in [b.name for b in store.client.list_blobs()]

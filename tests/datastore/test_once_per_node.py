@@ -27,7 +27,7 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_eight_processes_fetch_every_blob_exactly_once(storage_job, store, open_proxy, via, tree, tmp_path):
+def test_eight_processes_fetch_every_blob_exactly_once(storage_job, store, open_proxy, via, tree, tmp_path):  # noqa: PLR0917
     rng = random.Random(11)
     files = {f"ds/{i:04d}.jpg": rng.randbytes(rng.randrange(1, 3000)) for i in range(300)}
     files["ds/shard.tar"] = rng.randbytes(2 * RANGE_SIZE + 5)
@@ -38,8 +38,11 @@ def test_eight_processes_fetch_every_blob_exactly_once(storage_job, store, open_
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, store.uri("ds/"), str(dest)],
-            env={**env, "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            env={**env, "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for rank in range(PROCESSES)
     ]
     results = []

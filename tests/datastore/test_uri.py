@@ -9,30 +9,30 @@ from aml_identity.errors import ConfigurationError
 
 SUB = "00000000-0000-4000-8000-000000000001"
 
-# (uri, scheme, account, container, path, suffix)
-STORAGE_FORMS = [
-    ("wasbs://data@myacct.blob.core.windows.net/images/train/", "wasbs", "myacct", "data", "images/train/", "core.windows.net"),
-    ("wasb://data@myacct.blob.core.windows.net/a.csv", "wasb", "myacct", "data", "a.csv", "core.windows.net"),
-    ("abfss://lake@myacct.dfs.core.windows.net/raw/2024/", "abfss", "myacct", "lake", "raw/2024/", "core.windows.net"),
-    ("abfs://lake@myacct.dfs.core.windows.net/x", "abfs", "myacct", "lake", "x", "core.windows.net"),
-    ("https://myacct.blob.core.windows.net/data/images/train/", "https", "myacct", "data", "images/train/", "core.windows.net"),
-    ("https://myacct.dfs.core.windows.net/lake/raw/file.parquet", "https", "myacct", "lake", "raw/file.parquet", "core.windows.net"),
+PUBLIC = "core.windows.net"
+# Each URI, and the scheme, account, container, path and storage suffix it names.
+STORAGE_FORMS = {
+    "wasbs://data@acct.blob.core.windows.net/images/train/": ("wasbs", "acct", "data", "images/train/", PUBLIC),
+    "wasb://data@acct.blob.core.windows.net/a.csv": ("wasb", "acct", "data", "a.csv", PUBLIC),
+    "abfss://lake@acct.dfs.core.windows.net/raw/2024/": ("abfss", "acct", "lake", "raw/2024/", PUBLIC),
+    "abfs://lake@acct.dfs.core.windows.net/x": ("abfs", "acct", "lake", "x", PUBLIC),
+    "https://acct.blob.core.windows.net/data/images/train/": ("https", "acct", "data", "images/train/", PUBLIC),
+    "https://acct.dfs.core.windows.net/lake/raw/f.parquet": ("https", "acct", "lake", "raw/f.parquet", PUBLIC),
     # sovereign clouds keep their suffix
-    ("wasbs://data@cnacct.blob.core.chinacloudapi.cn/p/", "wasbs", "cnacct", "data", "p/", "core.chinacloudapi.cn"),
-    ("abfss://lake@govacct.dfs.core.usgovcloudapi.net/p", "abfss", "govacct", "lake", "p", "core.usgovcloudapi.net"),
-    ("https://govacct.blob.core.usgovcloudapi.net/data/x.bin", "https", "govacct", "data", "x.bin", "core.usgovcloudapi.net"),
-    ("https://deacct.blob.core.cloudapi.de/data/", "https", "deacct", "data", "", "core.cloudapi.de"),
+    "wasbs://data@cnacct.blob.core.chinacloudapi.cn/p/": ("wasbs", "cnacct", "data", "p/", "core.chinacloudapi.cn"),
+    "abfss://lake@gov.dfs.core.usgovcloudapi.net/p": ("abfss", "gov", "lake", "p", "core.usgovcloudapi.net"),
+    "https://gov.blob.core.usgovcloudapi.net/data/x.bin": ("https", "gov", "data", "x.bin", "core.usgovcloudapi.net"),
+    "https://deacct.blob.core.cloudapi.de/data/": ("https", "deacct", "data", "", "core.cloudapi.de"),
     # a whole container
-    ("wasbs://data@myacct.blob.core.windows.net/", "wasbs", "myacct", "data", "", "core.windows.net"),
-]  # fmt: skip
+    "wasbs://data@acct.blob.core.windows.net/": ("wasbs", "acct", "data", "", PUBLIC),
+}
 
 
-@pytest.mark.parametrize(("text", "scheme", "account", "container", "path", "suffix"), STORAGE_FORMS)
-def test_storage_forms_name_their_account_container_and_path(text, scheme, account, container, path, suffix):
+@pytest.mark.parametrize(("text", "expected"), STORAGE_FORMS.items())
+def test_storage_forms_name_their_account_container_and_path(text, expected):
     uri = DatastoreUri.parse(text)
-    assert (uri.scheme, uri.account, uri.container, uri.path, uri.endpoint_suffix) == (
-        scheme, account, container, path, suffix,
-    )  # fmt: skip
+    assert (uri.scheme, uri.account, uri.container, uri.path, uri.endpoint_suffix) == expected
+    account, suffix = expected[1], expected[4]
     assert not uri.is_named
     assert str(uri) == text
     assert DatastoreUri.parse(str(uri)) == uri
@@ -41,17 +41,19 @@ def test_storage_forms_name_their_account_container_and_path(text, scheme, accou
 
 def test_every_storage_form_of_one_location_agrees():
     forms = [
-        "wasbs://data@myacct.blob.core.windows.net/images/train/",
-        "abfss://data@myacct.dfs.core.windows.net/images/train/",
-        "https://myacct.blob.core.windows.net/data/images/train/",
+        "wasbs://data@acct.blob.core.windows.net/images/train/",
+        "abfss://data@acct.dfs.core.windows.net/images/train/",
+        "https://acct.blob.core.windows.net/data/images/train/",
     ]
     assert {(u.account, u.container, u.path) for u in map(DatastoreUri.parse, forms)} == {
-        ("myacct", "data", "images/train/")
+        ("acct", "data", "images/train/")
     }
 
 
 def test_long_azureml_form():
-    text = f"azureml://subscriptions/{SUB}/resourcegroups/rg-ml/workspaces/ws1/datastores/training/paths/imagenet/train/"
+    text = (
+        f"azureml://subscriptions/{SUB}/resourcegroups/rg-ml/workspaces/ws1/datastores/training/paths/imagenet/train/"
+    )
     uri = DatastoreUri.parse(text)
     assert uri.is_named
     assert (uri.subscription_id, uri.resource_group, uri.workspace_name) == (SUB, "rg-ml", "ws1")

@@ -276,7 +276,7 @@ class BlobRestClient:
             ssl_context: TLS settings (default: the system trust store).
             sleep: How to wait between retries (injected by tests).
             max_attempts: Attempts per request, the first included.
-            on_request: Called once per request sent (counts requests for the transfer's result).
+            on_request: Called once per response received (counts requests for the transfer's result).
         """
         parts = urlsplit(endpoint)
         if parts.scheme != "https" or not parts.hostname:
@@ -387,6 +387,8 @@ class BlobRestClient:
                 self._sleep(self._backoff(attempt, None))
                 continue
             conn.used = True
+            if self._on_request is not None:
+                self._on_request()
             status = response.status
             if status in ok_set:
                 try:
@@ -437,8 +439,6 @@ class BlobRestClient:
         body: bytes | memoryview | Callable[[Callable[[Any], None]], None] | None,
         body_length: int | None,
     ) -> None:
-        if self._on_request is not None:
-            self._on_request()
         conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
         conn.putheader("Host", self._host_header)
         conn.putheader("Authorization", self._token.header())
