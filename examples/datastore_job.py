@@ -1,0 +1,73 @@
+"""A training job that downloads its data once per node, trains on 4 ranks, and uploads its outputs on exit.
+
+Each of the 4 ranks (as ``torchrun --nproc-per-node 4`` would start them) calls ``download(...,
+once_per_node=True)``: one rank fetches the dataset, the others wait for it and read the same local copy.
+Outputs are written under ``outputs/`` and uploaded when the job ends - or when the node is preempted
+(SIGTERM) - by ``upload_on_exit``.
+
+Offline, against the emulators and Azurite::
+
+    aml-identity sandbox --datastore training_data=examples/data --datastore outputs -- python examples/datastore_job.py
+
+On Azure ML, pass the datastore URIs of your workspace, for example
+``--data azureml://datastores/training_data/paths/images/ --outputs azureml://datastores/outputs/paths/run-1/``,
+on a cluster whose identity has Storage Blob Data Reader on the data and Contributor on the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import tempfile
+from pathlib import Path
+
+from aml_identity.datastore import download, upload_on_exit
+
+RANKS = 4
+# The sandbox's account; on Azure ML the same URIs name your storage account (or use azureml:// URIs).
+DEFAULT_DATA = "wasbs://training-data@devstoreaccount1.blob.core.windows.net/images/"
+DEFAULT_OUTPUTS = "wasbs://outputs@devstoreaccount1.blob.core.windows.net/run-1/"
+
+
+def rank_main(rank: int, data_uri: str, local: str) -> dict[str, int]:
+    """One rank: make sure the data is on the node (one download per node), then 'train' on its shard."""
+    os.environ["LOCAL_RANK"] = str(rank)
+    result = download(data_uri, local, once_per_node=True, progress=False)
+    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+    shard = files[rank::RANKS]
+    return {
+        "rank": rank,
+        "downloaded": int(not result.shared),
+        "files": len(files),
+        "shard_bytes": sum(p.stat().st_size for p in shard),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DEFAULT_DATA, help="datastore URI of the training data")
+    parser.add_argument("--outputs", default=DEFAULT_OUTPUTS, help="datastore URI for the outputs")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="aml-job-"))
+    outputs = work / "outputs"
+    # Uploads when the block ends, at exit, and on SIGTERM/SIGINT (a preempted low-priority node).
+    with upload_on_exit(outputs, args.outputs) as uploader:
+        with multiprocessing.get_context("spawn").Pool(RANKS) as pool:
+            ranks = pool.starmap(rank_main, [(rank, args.data, str(work / "data")) for rank in range(RANKS)])
+        downloaders = [r["rank"] for r in ranks if r["downloaded"]]
+        print(f"{RANKS} ranks, {ranks[0]['files']} files on the node, downloaded by rank {downloaders}")
+        if len(downloaders) != 1:
+            raise SystemExit("expected exactly one rank per node to download")
+
+        (outputs / "model").mkdir(parents=True, exist_ok=True)
+        summary = {"files": ranks[0]["files"], "bytes": sum(r["shard_bytes"] for r in ranks)}
+        (outputs / "model" / "summary.json").write_text(json.dumps(summary))
+    result = uploader.last_result
+    print(f"uploaded {result.transferred_files if result else 0} file(s) to {args.outputs}")
+
+
+if __name__ == "__main__":
+    main()
