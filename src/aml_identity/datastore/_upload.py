@@ -1,9 +1,9 @@
 """Upload a file or a folder: parallel, atomic per blob, and skipping what storage already has.
 
 * A file up to :data:`SINGLE_PUT_MAX` bytes is one Put Blob request: readers see all of it or nothing.
-* A larger file is staged as :data:`BLOCK_SIZE` blocks in parallel (uncommitted blocks are invisible) and
-  committed with one Put Block List once every block is staged - and only if the file did not change
-  meanwhile - so an interrupted upload never leaves a half-written blob.
+* A larger file is staged as :data:`BLOCK_SIZE` blocks in parallel (larger blocks over 390 GiB; uncommitted
+  blocks are invisible) and committed with one Put Block List once every block is staged - and only if the
+  file did not change meanwhile - so an interrupted upload never leaves a half-written blob.
 * Each blob records the local file's mtime in its metadata (``aml_mtime_ns``); a file whose size and mtime
   match the blob's is skipped on the next run.
 * ``overwrite=False`` refuses to replace a different existing blob (conditional ``If-None-Match: *``,
@@ -26,13 +26,14 @@ from aml_identity.datastore._rest import BlobItem, BlobRestClient, StorageHttpEr
 from aml_identity.datastore.resolve import BlobLocation
 from aml_identity.errors import ConfigurationError, TransferError
 
-__all__ = ["BLOCK_SIZE", "MTIME_METADATA", "SINGLE_PUT_MAX", "run_upload"]
+__all__ = ["BLOCK_SIZE", "MAX_BLOCKS", "MTIME_METADATA", "SINGLE_PUT_MAX", "run_upload"]
 
 # Files up to this size are sent in one Put Blob (one request, atomic); the service allows up to 5000 MiB.
-SINGLE_PUT_MAX = 16 * 1024 * 1024
-# Block size of larger files: few requests per GiB, parallel across workers, far below the 50,000-block
-# limit for any file a job writes (16 MiB x 50,000 = 781 GiB).
-BLOCK_SIZE = 16 * 1024 * 1024
+SINGLE_PUT_MAX = 8 * 1024 * 1024
+# Block size of larger files: few requests per GiB, and a file of a few blocks is already sent in parallel.
+BLOCK_SIZE = 8 * 1024 * 1024
+# A blob holds at most 50,000 committed blocks; files over BLOCK_SIZE x 50,000 (390 GiB) get bigger blocks.
+MAX_BLOCKS = 50_000
 # Each worker streams request bodies through one buffer this size.
 BUFFER_SIZE = 1024 * 1024
 # Blob metadata holding the uploaded file's mtime (metadata names must be C# identifiers).
@@ -194,14 +195,15 @@ class _Upload:
         self.progress.advance(size)
 
     def _start_blocks(self, path: str, name: str, size: int, mtime_ns: int) -> None:
-        count = -(-size // BLOCK_SIZE)
+        block_size = max(BLOCK_SIZE, -(-size // MAX_BLOCKS))
+        count = -(-size // block_size)
         state = {"remaining": count}
         lock = threading.Lock()
 
         def stage(index: int) -> None:
             self.engine.check()
-            offset = index * BLOCK_SIZE
-            length = min(BLOCK_SIZE, size - offset)
+            offset = index * block_size
+            length = min(block_size, size - offset)
             fd = self._open(path)
             try:
                 self.client.put_block(
