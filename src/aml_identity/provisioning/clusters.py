@@ -420,6 +420,9 @@ class ClusterCollection:
             QuotaExceededError: ``max_nodes`` would not fit the quota.
             ProvisioningError: ARM refused the request.
         """
+        return self._create(spec, preflight=preflight, stacklevel=3)
+
+    def _create(self, spec: ClusterSpec, *, preflight: bool, stacklevel: int) -> Cluster:
         existing = self.workspace.arm.send("GET", self._path(spec.name), api_version=COMPUTE_API_VERSION)
         if existing.status == 200:  # noqa: PLR2004 - HTTP status
             msg = (
@@ -430,7 +433,7 @@ class ClusterCollection:
             )
             raise ConfigurationError(msg, name="name")
         for text in spec.warnings():
-            warnings.warn(text, ProvisioningWarning, stacklevel=2)
+            warnings.warn(text, ProvisioningWarning, stacklevel=stacklevel)
         location = spec.location or self.workspace.location
         if preflight:
             _preflight(self.workspace.arm, self.workspace.subscription_id, location, spec)
@@ -453,7 +456,7 @@ class ClusterCollection:
         try:
             cluster = self.get(spec.name)
         except ClusterNotFoundError:
-            return self.create(spec, preflight=preflight)
+            return self._create(spec, preflight=preflight, stacklevel=3)
         cluster.drift = tuple(spec.drift(cluster.resource))
         if cluster.drift:
             listed = "; ".join(str(d) for d in cluster.drift)
