@@ -22,7 +22,7 @@ $(STAMP_NODE): package.json package-lock.json
 
 # The main demo: an example training job, end to end against the emulators and Azurite.
 demo: setup
-	$(VENV)/bin/aml-identity sandbox -- $(PY) examples/train_job.py
+	$(VENV)/bin/aml-identity sandbox --datastore training_data=examples/data -- $(PY) examples/train_job.py
 
 # Everything CI checks: lint, types, then the test suite (which also runs the examples).
 test: lint typecheck pytest

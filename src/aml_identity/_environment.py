@@ -98,10 +98,15 @@ def _parse_blob_endpoints(raw: str | None) -> Mapping[str, str]:
     endpoints: dict[str, str] = {}
     for account, url in parsed.items():
         if not isinstance(url, str):
+            raise ConfigurationError(f"{name}[{account!r}] must be a URL string, for example {example}.", name=name)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(
-                f"{name}[{account!r}] must be a URL string, for example {example}.", name=name
+                f"{name}[{account!r}]={url!r} is not an http:// or https:// URL; map each account to its blob "
+                f"endpoint URL, for example {example}.",
+                name=name,
             )
-        endpoints[account] = _parse_http_url(url, f"{name}[{account!r}]").rstrip("/")
+        endpoints[account] = url.rstrip("/")
     return MappingProxyType(endpoints)
 
 
@@ -137,6 +142,8 @@ class JobEnvironment:
     resource_group: str | None = None
     workspace_name: str | None = None
     local_rank: int | None = None
+    ca_bundle: str | None = None
+    from_process: bool = field(default=False, compare=False)
     specs_dir: str | None = None
 
     @classmethod
@@ -204,6 +211,8 @@ class JobEnvironment:
             resource_group=_get(env, "AZUREML_ARM_RESOURCEGROUP"),
             workspace_name=_get(env, "AZUREML_ARM_WORKSPACE_NAME"),
             local_rank=local_rank,
+            ca_bundle=_get(env, "REQUESTS_CA_BUNDLE") or _get(env, "CURL_CA_BUNDLE"),
+            from_process=env is os.environ,
             specs_dir=_get(env, "AML_IDENTITY_SPECS_DIR"),
         )
 

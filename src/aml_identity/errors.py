@@ -32,6 +32,7 @@ __all__ = [
     "DataAccessDeniedError",
     "DatastoreError",
     "IdentityNotConfiguredError",
+    "IdentityNotFoundError",
     "IdentityUnavailableError",
     "OperationFailedError",
     "ProvisioningError",
@@ -179,6 +180,39 @@ class TokenRequestError(AmlIdentityError, ClientAuthenticationError):
         self.status_code = status_code
         self.attempts = attempts
         self.retryable = retryable
+
+
+class IdentityNotFoundError(TokenRequestError, ConfigurationError):
+    """The endpoint knows no identity with the id that was asked for.
+
+    The usual cause is an object (principal) id passed where a client (application) id is expected: both
+    are GUIDs, so only the endpoint can tell. Also a :class:`ConfigurationError`, since the input is wrong.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        identity: str,
+        endpoint: str,
+        status_code: int | None = None,
+        attempts: int = 1,
+        name: str | None = None,
+    ) -> None:
+        """Create the error.
+
+        Args:
+            message: Which id was not found and how to find the right one.
+            identity: The identity asked for.
+            endpoint: The endpoint URL.
+            status_code: The HTTP status.
+            attempts: The number of requests sent.
+            name: The argument or variable the id came from.
+        """
+        TokenRequestError.__init__(
+            self, message, identity=identity, endpoint=endpoint, status_code=status_code, attempts=attempts
+        )
+        self.name = name
 
 
 class DatastoreError(AmlIdentityError):

@@ -1,11 +1,60 @@
-"""Subcommands of ``aml-identity`` for this area (registered by :mod:`aml_identity.cli`)."""
+"""``aml-identity sandbox``: run a command as an Azure ML job would run, against local emulators."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from aml_identity.errors import ConfigurationError
 
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add this area's subcommands to the ``aml-identity`` parser."""
+    """Add ``sandbox`` to the ``aml-identity`` parser."""
+    sandbox = subparsers.add_parser(
+        "sandbox",
+        help="run a command as an Azure ML job, against local emulators (offline)",
+        description="Start the managed-identity endpoint emulator and Azurite, seed datastores from local folders, "
+        "set the job environment Azure ML sets, and run COMMAND. Nothing leaves this machine. Needs the testing "
+        "extra (pip install aml-identity[testing]) and Azurite (npm install azurite).",
+    )
+    sandbox.add_argument(
+        "--datastore",
+        action="append",
+        default=[],
+        metavar="NAME[=DIR]",
+        help="create datastore NAME (a blob container), filled with the files of DIR; repeatable",
+    )
+    sandbox.add_argument(
+        "--identity",
+        choices=("system", "user"),
+        default="system",
+        help="the compute's managed identity: system-assigned (default) or user-assigned",
+    )
+    sandbox.add_argument(
+        "--token-lifetime", type=int, default=86_400, metavar="SECONDS", help="lifetime of minted tokens"
+    )
+    sandbox.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the job to run")
+    sandbox.set_defaults(handler=_sandbox)
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from aml_identity.testing.sandbox import DatastoreSeed, Sandbox  # noqa: PLC0415 - needs the testing extra
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ConfigurationError("Nothing to run: give the job's command after `--`, e.g. "
+                                 "`aml-identity sandbox -- python train.py`.", name="command")  # fmt: skip
+    if args.token_lifetime <= 0:
+        raise ConfigurationError("--token-lifetime must be a positive number of seconds.", name="--token-lifetime")
+    seeds = [DatastoreSeed.parse(text) for text in args.datastore]
+    with Sandbox(identity=args.identity, datastores=seeds, token_lifetime=args.token_lifetime) as sandbox:
+        print(
+            f"aml-identity sandbox: {sandbox.identity.kind}-assigned identity {sandbox.identity.client_id}, "
+            f"identity endpoint {sandbox.endpoint.url}, Azurite {sandbox.azurite.blob_endpoint()}",
+            file=sys.stderr,
+        )
+        code = sandbox.run(command)
+        print(f"aml-identity sandbox: job exited with {code}; {sandbox.summary()}", file=sys.stderr)
+    return code

@@ -30,6 +30,7 @@ class LoopbackViolationError(AmlIdentityError, RuntimeError):
     """
 
 
+_LOOKUP_EVENTS = frozenset({"socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex"})
 _state_lock = threading.Lock()
 _installed = False
 _enabled = False
@@ -61,9 +62,8 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
         sock, address = args[0], args[1]
         if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6) and not _host_allowed(address[0]):
             _refuse(address[0], "connection")
-    elif event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex"):
-        if args and not _host_allowed(args[0]):
-            _refuse(args[0], "name lookup")
+    elif event in _LOOKUP_EVENTS and args and not _host_allowed(args[0]):
+        _refuse(args[0], "name lookup")
 
 
 def install() -> None:

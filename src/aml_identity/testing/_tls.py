@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
+import datetime as dt
 import ipaddress
 import os
 import ssl
@@ -19,7 +19,7 @@ _SYSTEM_CA_CANDIDATES = (
     "/etc/ssl/cert.pem",
 )
 # Long enough for any test session or sandbox run, short enough that a leaked file is soon useless.
-_VALIDITY = datetime.timedelta(days=7)
+_VALIDITY = dt.timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -79,25 +79,31 @@ def make_tls_material(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1",
     for host in hosts:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
+        except ValueError:  # noqa: PERF203 - a handful of host names, once per certificate
             sans.append(x509.DNSName(host))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = dt.datetime.now(dt.timezone.utc)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )

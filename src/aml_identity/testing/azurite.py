@@ -26,7 +26,7 @@ __all__ = ["DEVSTORE_ACCOUNT", "DEVSTORE_KEY", "Azurite", "AzuriteNotFoundError"
 
 DEVSTORE_ACCOUNT = "devstoreaccount1"
 # Azurite's documented well-known development key (public, not a secret).
-DEVSTORE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # noqa: S105
+DEVSTORE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 # Azurite is ready in ~0.7 s on this class of machine; a loaded CI runner gets generous headroom.
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 10.0
@@ -41,7 +41,7 @@ def find_azurite(start: Path | None = None) -> Path:
     """Locate the ``azurite-blob`` executable.
 
     Looks at ``$AML_IDENTITY_AZURITE``, then ``node_modules/.bin/azurite-blob`` in ``start`` (the current
-    directory by default) and its parents, then ``PATH``.
+    directory by default) and its parents, then beside this package (a source checkout), then ``PATH``.
 
     Args:
         start: Where to start looking for a ``node_modules`` folder.
@@ -60,7 +60,8 @@ def find_azurite(start: Path | None = None) -> Path:
         msg = f"AML_IDENTITY_AZURITE={override!r} is not a file; point it at node_modules/.bin/azurite-blob."
         raise AzuriteNotFoundError(msg)
     here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
+    package = Path(__file__).resolve().parent
+    for folder in (here, *here.parents, *package.parents):
         candidate = folder / "node_modules" / ".bin" / "azurite-blob"
         if candidate.is_file():
             return candidate

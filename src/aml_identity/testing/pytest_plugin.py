@@ -6,6 +6,8 @@ available in any test suite:
 * ``aml_tls`` (session): a self-signed certificate for ``127.0.0.1``/``localhost``.
 * ``azurite`` (session): Azurite over HTTPS with bearer-token auth (needs ``npm install azurite``).
 * ``loopback_guard``: refuses any connection off loopback for the duration of a test.
+* ``identity_endpoint``: a running :class:`~aml_identity.testing.IdentityEndpoint` (one user-assigned
+  identity ``uai-default``), stopped after the test; configure it further in the test.
 * ``arm_emulator``: an :class:`~aml_identity.testing.ArmEmulator` for one test (needs the official specs:
   ``AML_IDENTITY_SPECS_DIR`` or ``../shared/specs``); it fails the test if it sent a body that does not
   match the spec.
@@ -25,11 +27,12 @@ import pytest
 from aml_identity.testing import _guard
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
 from aml_identity.testing.azurite import Azurite
+from aml_identity.testing.identity_endpoint import IdentityEndpoint
 
 if TYPE_CHECKING:
     from aml_identity.testing.arm import ArmEmulator
 
-__all__ = ["aml_tls", "arm_emulator", "azurite", "loopback_guard"]
+__all__ = ["aml_tls", "arm_emulator", "azurite", "identity_endpoint", "loopback_guard"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,6 +75,20 @@ def azurite(aml_tls: TlsMaterial, tmp_path_factory: pytest.TempPathFactory) -> I
     """Azurite over HTTPS with ``--oauth basic``, shared by the session."""
     with Azurite(workdir=Path(tmp_path_factory.mktemp("azurite")), tls=aml_tls) as server:
         yield server
+
+
+@pytest.fixture
+def identity_endpoint() -> Iterator[IdentityEndpoint]:
+    """A managed-identity endpoint emulator on ``127.0.0.1``, started for the test and stopped after it.
+
+    Point clients at it with ``monkeypatch.setenv`` over ``identity_endpoint.azureml_environ()`` (or
+    ``imds_environ()`` / ``app_service_environ()``). Requests a test left hanging are released first.
+    """
+    with IdentityEndpoint() as endpoint:
+        try:
+            yield endpoint
+        finally:
+            endpoint.release_hangs()
 
 
 @pytest.fixture

@@ -1,0 +1,526 @@
+"""The token cache: in-process and node-wide, with single-flight fetches and a two-window refresh policy.
+
+* **In-process**: a hit is a dictionary read and a clock compare — no lock, no I/O.
+* **Node-wide**: every process of the job on one node shares one directory of token files, so N ranks cost
+  one endpoint request per (identity, resource, tenant) per token lifetime. On a miss one process fetches
+  under an exclusive file lock (``fcntl.flock`` through ``filelock``, released by the kernel if the process
+  dies) while the others wait and then read what it wrote.
+* **Refresh**: a token is *fresh* until ``refresh_on``; then, in the *advisory* window, one caller refreshes
+  while the others keep using the valid token and a failure is only logged (and not retried for 30 s);
+  in the *mandatory* window (the last 5 minutes) callers block on one refresh and a failure raises.
+
+The directory is per user, in tmpfs when there is one, mode 0700; files are 0600 and written atomically.
+A directory or file that another user owns, that is group/world-writable, or that is reached through a
+symlink is refused: the store then keeps tokens in-process only and logs one warning naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import filelock
+from azure.core.credentials import AccessToken, AccessTokenInfo
+
+from aml_identity.errors import AmlIdentityError
+
+__all__ = [
+    "ADVISORY_RETRY_DELAY_S",
+    "HALF_LIFE_MIN_LIFETIME_S",
+    "MANDATORY_WINDOW_S",
+    "REFRESH_BEFORE_EXPIRY_S",
+    "CachedToken",
+    "NodeCache",
+    "TokenState",
+    "TokenStore",
+    "default_cache_dir",
+    "new_token",
+]
+
+_log = logging.getLogger("aml_identity.tokens")
+
+# Tokens that live 2 h or more refresh at half their lifetime, as MSAL and Azure.Identity .NET do: a 24 h
+# Azure ML token refreshes after ~12 h, leaving ~12 h to ride out an endpoint outage.
+HALF_LIFE_MIN_LIFETIME_S = 2 * 3600
+# Shorter tokens refresh 5 min before expiry (azure-identity's DEFAULT_REFRESH_OFFSET, MSAL's "expired" margin).
+REFRESH_BEFORE_EXPIRY_S = 5 * 60
+# The last 5 min of a token's life: callers block on a refresh and a failure raises. Also the margin
+# azure-core's bearer policy keeps, so a token we hand out is never one the SDK would discard at once.
+MANDATORY_WINDOW_S = 5 * 60
+# A failed advisory refresh is retried no sooner than this (azure-identity's DEFAULT_TOKEN_REFRESH_RETRY_DELAY):
+# the valid token keeps the job running and the endpoint is not hammered while it is unwell.
+ADVISORY_RETRY_DELAY_S = 30
+# For very short-lived tokens (tests, some emulators) the windows shrink to these fractions of the lifetime,
+# so a 60 s token refreshes after 30 s instead of on every call.
+SHORT_TOKEN_REFRESH_FRACTION = 0.5
+SHORT_TOKEN_MANDATORY_FRACTION = 0.25
+# How long a process waits for another process's fetch before giving up; longer than the identity endpoint's
+# total retry budget (90 s by default), so a waiter never gives up on a fetch that is still retrying.
+NODE_LOCK_WAIT_MARGIN_S = 30.0
+# How often a waiter checks whether the fetching process has released the lock.
+NODE_LOCK_POLL_S = 0.01
+# Cache file format version; a file with another version is ignored (and overwritten on the next fetch).
+CACHE_FORMAT = 1
+# Group/other permission bits that make a cache directory unsafe (anyone else could plant or swap files).
+_UNSAFE_DIR_BITS = stat.S_IWGRP | stat.S_IWOTH
+# Any group/other bit on a token file is refused: the file holds a bearer token.
+_UNSAFE_FILE_BITS = stat.S_IRWXG | stat.S_IRWXO
+
+
+class TokenState(enum.Enum):
+    """Where a token is in its life, by the refresh policy."""
+
+    FRESH = "fresh"
+    ADVISORY = "advisory"
+    MANDATORY = "mandatory"
+    EXPIRED = "expired"
+
+
+class _MaskedAccessToken(AccessToken):
+    """An ``AccessToken`` whose ``repr`` does not show the token."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"AccessToken(token='****', expires_on={self.expires_on})"
+
+
+class _MaskedAccessTokenInfo(AccessTokenInfo):
+    """An ``AccessTokenInfo`` whose ``repr`` does not show the token."""
+
+    def __repr__(self) -> str:
+        return (
+            f"AccessTokenInfo(token='****', expires_on={self.expires_on}, token_type='{self.token_type}', "
+            f"refresh_on={self.refresh_on})"
+        )
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    """One token and its refresh schedule, in epoch seconds.
+
+    Attributes:
+        token: The bearer token (never shown by ``repr``).
+        expires_on: When it expires.
+        refresh_on: When the advisory window starts.
+        mandatory_on: When the mandatory window starts.
+        fetched_at: When it was fetched.
+        refresh_failed_at: When an advisory refresh last failed (node-wide), or None.
+        token_type: The token type (``Bearer``).
+    """
+
+    token: str = field(repr=False)
+    expires_on: int
+    refresh_on: int
+    mandatory_on: int
+    fetched_at: int
+    refresh_failed_at: int | None = None
+    token_type: str = "Bearer"  # noqa: S105 - the token type, not a secret
+    access_token: AccessToken = field(init=False, repr=False, compare=False)
+    info: AccessTokenInfo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Prebuild the azure-core objects so the cache hit path allocates nothing."""
+        object.__setattr__(self, "access_token", _MaskedAccessToken(self.token, self.expires_on))
+        object.__setattr__(
+            self,
+            "info",
+            _MaskedAccessTokenInfo(self.token, self.expires_on, token_type=self.token_type, refresh_on=self.refresh_on),
+        )
+
+    def state(self, now: float) -> TokenState:
+        """Return where the token is in its life at ``now``."""
+        if now < self.refresh_on:
+            return TokenState.FRESH
+        if now < self.mandatory_on:
+            return TokenState.ADVISORY
+        if now < self.expires_on:
+            return TokenState.MANDATORY
+        return TokenState.EXPIRED
+
+    def to_json(self) -> str:
+        """Serialise for the node cache file."""
+        return json.dumps(
+            {
+                "format": CACHE_FORMAT,
+                "token": self.token,
+                "token_type": self.token_type,
+                "expires_on": self.expires_on,
+                "refresh_on": self.refresh_on,
+                "mandatory_on": self.mandatory_on,
+                "fetched_at": self.fetched_at,
+                "refresh_failed_at": self.refresh_failed_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> CachedToken | None:
+        """Parse a node cache file; None when it is not one this version understands."""
+        try:
+            data = json.loads(text)
+            if data.get("format") != CACHE_FORMAT:
+                return None
+            failed = data.get("refresh_failed_at")
+            return cls(
+                token=str(data["token"]),
+                token_type=str(data.get("token_type", "Bearer")),
+                expires_on=int(data["expires_on"]),
+                refresh_on=int(data["refresh_on"]),
+                mandatory_on=int(data["mandatory_on"]),
+                fetched_at=int(data["fetched_at"]),
+                refresh_failed_at=int(failed) if failed is not None else None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+def new_token(
+    token: str,
+    *,
+    expires_on: int,
+    now: float,
+    refresh_in: int | None = None,
+    token_type: str = "Bearer",  # noqa: S107 - a type name
+) -> CachedToken:
+    """Build a :class:`CachedToken` and its refresh schedule from an endpoint's answer.
+
+    ``refresh_on`` is the server's ``refresh_in`` when it sent one; else half the lifetime for tokens of 2 h
+    or more; else 5 min before expiry. Both windows shrink for tokens too short for them.
+
+    Args:
+        token: The access token.
+        expires_on: Its expiry, in epoch seconds.
+        now: The time it was received.
+        refresh_in: The server's ``refresh_in`` (seconds), if it sent one.
+        token_type: The token type.
+
+    Returns:
+        The token with its schedule.
+    """
+    issued = int(now)
+    lifetime = max(0, expires_on - issued)
+    mandatory_window = min(MANDATORY_WINDOW_S, int(lifetime * SHORT_TOKEN_MANDATORY_FRACTION))
+    mandatory_on = expires_on - mandatory_window
+    if refresh_in is not None and refresh_in > 0:
+        refresh_on = issued + refresh_in
+    elif lifetime >= HALF_LIFE_MIN_LIFETIME_S:
+        refresh_on = issued + lifetime // 2
+    else:
+        refresh_on = expires_on - min(REFRESH_BEFORE_EXPIRY_S, int(lifetime * SHORT_TOKEN_REFRESH_FRACTION))
+    return CachedToken(
+        token=token,
+        token_type=token_type,
+        expires_on=expires_on,
+        refresh_on=min(refresh_on, mandatory_on),
+        mandatory_on=mandatory_on,
+        fetched_at=issued,
+    )
+
+
+def default_cache_dir(cache_dir: str | None, xdg_runtime_dir: str | None) -> Path:
+    """Return the node cache directory: the override, else tmpfs, else the user's runtime or cache dir.
+
+    Args:
+        cache_dir: ``AML_IDENTITY_CACHE_DIR``, if set.
+        xdg_runtime_dir: ``XDG_RUNTIME_DIR``, if set.
+
+    Returns:
+        The directory (not created).
+    """
+    if cache_dir:
+        return Path(cache_dir)
+    uid = os.getuid()
+    shm = Path("/dev/shm")  # noqa: S108 - tmpfs on Linux: tokens never touch a disk
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        return shm / f"aml-identity-{uid}"
+    if xdg_runtime_dir:
+        return Path(xdg_runtime_dir) / "aml-identity"
+    return Path.home() / ".cache" / "aml-identity"
+
+
+class UnsafeCacheError(AmlIdentityError):
+    """The node cache directory or a file in it is not safe to use; the message says why."""
+
+
+def _check_owned_private(st: os.stat_result, path: Path, *, is_dir: bool, uid: int) -> None:
+    kind = "directory" if is_dir else "file"
+    if st.st_uid != uid:
+        raise UnsafeCacheError(f"cache {kind} {path} is owned by uid {st.st_uid}, not by this user ({uid})")
+    bad = _UNSAFE_DIR_BITS if is_dir else _UNSAFE_FILE_BITS
+    if st.st_mode & bad:
+        mode = stat.S_IMODE(st.st_mode)
+        want = "not group/world-writable" if is_dir else "mode 0600"
+        raise UnsafeCacheError(f"cache {kind} {path} has mode {mode:04o}; it must be {want}")
+
+
+class NodeCache:
+    """Token files shared by the processes of one user on one node."""
+
+    def __init__(self, directory: Path, *, uid: int | None = None) -> None:
+        """Use ``directory`` (call :meth:`open` to create and check it).
+
+        Args:
+            directory: The cache directory.
+            uid: The user who must own it and its files (this process's user when omitted).
+        """
+        self.directory = directory
+        self.uid = os.getuid() if uid is None else uid
+        self._file_locks: dict[str, filelock.BaseFileLock] = {}
+
+    @classmethod
+    def open(cls, directory: Path, *, uid: int | None = None) -> NodeCache:
+        """Create ``directory`` if needed (0700) and check it is safe.
+
+        Args:
+            directory: The cache directory.
+            uid: The user who must own it (this process's user when omitted).
+
+        Returns:
+            The cache.
+
+        Raises:
+            UnsafeCacheError: It is a symlink, owned by someone else, or group/world-writable.
+        """
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+        st = directory.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafeCacheError(f"cache directory {directory} is a symlink (to {directory.readlink()})")
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafeCacheError(f"cache path {directory} is not a directory")
+        cache = cls(directory, uid=uid)
+        _check_owned_private(st, directory, is_dir=True, uid=cache.uid)
+        return cache
+
+    def _path(self, name: str) -> Path:
+        return self.directory / f"{name}.json"
+
+    def read(self, name: str) -> CachedToken | None:
+        """Return the token stored under ``name``, or None when there is none (or it is unreadable).
+
+        Raises:
+            UnsafeCacheError: The file is a symlink, someone else's, or readable by others.
+        """
+        path = self._path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if path.is_symlink():
+                raise UnsafeCacheError(f"cache file {path} is a symlink") from None
+            _log.debug("cannot read token cache file %s: %s", path, exc.strerror)
+            return None
+        with os.fdopen(fd, "r", encoding="utf-8") as f:
+            _check_owned_private(os.fstat(f.fileno()), path, is_dir=False, uid=self.uid)
+            return CachedToken.from_json(f.read())
+
+    def write(self, name: str, token: CachedToken) -> None:
+        """Store ``token`` under ``name`` atomically (a 0600 temp file renamed into place)."""
+        path = self._path(name)
+        tmp = self.directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(token.to_json())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @contextlib.contextmanager
+    def lock(self, name: str, *, blocking: bool, timeout: float) -> Iterator[bool]:
+        """Hold the node-wide lock for ``name``; yields whether it was acquired.
+
+        Args:
+            name: The token's cache name.
+            blocking: Wait for it (mandatory refresh) or give up at once (advisory refresh).
+            timeout: The longest wait when blocking.
+        """
+        lock = self._file_locks.get(name)
+        if lock is None:
+            lock = filelock.FileLock(self.directory / f"{name}.lock", mode=0o600, thread_local=False)
+            self._file_locks[name] = lock
+        try:
+            lock.acquire(timeout=timeout if blocking else 0, poll_interval=NODE_LOCK_POLL_S)
+        except filelock.Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def after_fork(self) -> None:
+        """Forget lock objects inherited from the parent (a forked child opens its own)."""
+        self._file_locks = {}
+
+
+Fetch = Callable[[], CachedToken]
+
+
+class TokenStore:
+    """Tokens by key, in this process and (optionally) node-wide, with single-flight refreshes."""
+
+    def __init__(self, node: NodeCache | None, clock: Callable[[], float], lock_timeout: float) -> None:
+        """Create a store.
+
+        Args:
+            node: The node-wide cache, or None for an in-process store.
+            clock: Returns the current time in epoch seconds.
+            lock_timeout: The longest a process waits for another process's fetch.
+        """
+        self.node = node
+        self.memory: dict[str, CachedToken] = {}
+        self._clock = clock
+        self._lock_timeout = lock_timeout
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._failed_at: dict[str, float] = {}
+
+    def after_fork(self) -> None:
+        """Drop locks inherited from the parent process; keep the tokens (they are still valid)."""
+        self._guard = threading.Lock()
+        self._locks = {}
+        if self.node is not None:
+            self.node.after_fork()
+
+    def _lock_for(self, key: str) -> threading.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            with self._guard:
+                lock = self._locks.setdefault(key, threading.Lock())
+        return lock
+
+    def _newest(self, key: str) -> CachedToken | None:
+        """The newer of the in-memory and node-cache tokens for ``key``."""
+        mem = self.memory.get(key)
+        if self.node is None:
+            return mem
+        disk = self.node.read(key)
+        if disk is None:
+            return mem
+        if mem is None or disk.expires_on > mem.expires_on or disk.refresh_failed_at != mem.refresh_failed_at:
+            self.memory[key] = disk
+            return disk
+        return mem
+
+    def get(self, key: str, fetch: Fetch, *, force: bool = False) -> CachedToken:
+        """Return a usable token for ``key``, fetching it when the policy says so.
+
+        The hot path (an in-memory token before its ``refresh_on``) is handled by the caller; this is the
+        slow path.
+
+        Args:
+            key: The cache key (a hex digest; also the node cache file name).
+            fetch: Fetches a new token from the endpoint (raises on failure).
+            force: Fetch a new token even if the cached one is fresh (a claims challenge).
+
+        Returns:
+            The token to use.
+
+        Raises:
+            AmlIdentityError: The fetch failed in the mandatory window or with no token at all.
+        """
+        seen = self.memory.get(key)
+        current = self._newest(key)
+        if not force and current is not None:
+            state = current.state(self._clock())
+            if state is TokenState.FRESH:
+                return current
+            if state is TokenState.ADVISORY:
+                return self._advisory(key, current, fetch)
+        return self._mandatory(key, fetch, stale=seen if force else None)
+
+    def _advisory(self, key: str, current: CachedToken, fetch: Fetch) -> CachedToken:
+        now = self._clock()
+        failed = max(current.refresh_failed_at or 0, self._failed_at.get(key, 0))
+        if now < failed + ADVISORY_RETRY_DELAY_S:
+            return current
+        lock = self._lock_for(key)
+        if not lock.acquire(blocking=False):
+            return current  # another thread of this process is refreshing
+        try:
+            with self._node_lock(key, blocking=False) as acquired:
+                if not acquired:
+                    return current  # another process is refreshing
+                latest = self._newest(key) or current
+                if latest.state(self._clock()) is TokenState.FRESH:
+                    return latest
+                try:
+                    token = fetch()
+                except AmlIdentityError as exc:
+                    failed_at = self._clock()
+                    self._failed_at[key] = failed_at
+                    marked = replace(latest, refresh_failed_at=int(failed_at))
+                    self.memory[key] = marked
+                    if self.node is not None:
+                        self.node.write(key, marked)
+                    _log.warning(
+                        "Proactive token refresh failed; the current token stays valid until %d (in %d s) and the "
+                        "refresh is retried in %d s. %s",
+                        latest.expires_on, latest.expires_on - int(failed_at), ADVISORY_RETRY_DELAY_S, exc,
+                    )  # fmt: skip
+                    return latest
+                self._store(key, token)
+                return token
+        finally:
+            lock.release()
+
+    def _mandatory(self, key: str, fetch: Fetch, *, stale: CachedToken | None) -> CachedToken:
+        with self._lock_for(key):
+            current = self.memory.get(key)
+            if self._usable(current, stale):
+                assert current is not None  # noqa: S101 - narrowed by _usable
+                return current
+            with self._node_lock(key, blocking=True) as acquired:
+                if not acquired:
+                    msg = (
+                        f"Waited {self._lock_timeout:.0f} s for another process on this node to fetch a token "
+                        f"(lock {self.node.directory if self.node else '?'}/{key}.lock). Is a process stuck?"
+                    )
+                    raise AmlIdentityError(msg)
+                current = self._newest(key)
+                if self._usable(current, stale):
+                    assert current is not None  # noqa: S101
+                    return current
+                token = fetch()
+                self._store(key, token)
+                return token
+
+    def _usable(self, token: CachedToken | None, stale: CachedToken | None) -> bool:
+        """Whether another thread or process already produced a token good enough for this caller."""
+        if token is None:
+            return False
+        if stale is not None:  # forced refresh: anything newer than what the caller rejected will do
+            return token.token != stale.token and token.state(self._clock()) is TokenState.FRESH
+        return token.state(self._clock()) in (TokenState.FRESH, TokenState.ADVISORY)
+
+    @contextlib.contextmanager
+    def _node_lock(self, key: str, *, blocking: bool) -> Iterator[bool]:
+        if self.node is None:
+            yield True
+            return
+        with self.node.lock(key, blocking=blocking, timeout=self._lock_timeout) as acquired:
+            yield acquired
+
+    def _store(self, key: str, token: CachedToken) -> None:
+        self._failed_at.pop(key, None)
+        self.memory[key] = token
+        if self.node is not None:
+            self.node.write(key, token)
+
+
+def cache_key(*parts: str) -> str:
+    """Return the cache key (and node cache file name) for the given identity/resource/tenant parts."""
+    return "tok-" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]

@@ -1,0 +1,270 @@
+"""The token cache: refresh schedule, node-wide files and their safety rules, and the refresh windows."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+
+import pytest
+
+from aml_identity._tokens import (
+    ADVISORY_RETRY_DELAY_S,
+    CachedToken,
+    NodeCache,
+    TokenState,
+    TokenStore,
+    UnsafeCacheError,
+    cache_key,
+    new_token,
+)
+from aml_identity.errors import TokenRequestError
+from aml_identity.testing import FakeClock
+
+T0 = 1_700_000_000
+DAY = 86_400
+KEY = cache_key("azureml", "http://127.0.0.1:1/MSI/auth", "uai", "https://storage.azure.com", "")
+
+
+class TestSchedule:
+    def test_a_24_hour_token_refreshes_at_half_life(self):
+        token = new_token("t", expires_on=T0 + DAY, now=T0)
+        assert token.refresh_on == T0 + DAY // 2
+        assert token.mandatory_on == T0 + DAY - 300
+
+    def test_a_one_hour_token_refreshes_five_minutes_before_expiry(self):
+        token = new_token("t", expires_on=T0 + 3600, now=T0)
+        assert token.refresh_on == T0 + 3600 - 300
+        assert token.mandatory_on == T0 + 3600 - 300
+
+    def test_the_servers_refresh_in_wins(self):
+        assert new_token("t", expires_on=T0 + DAY, now=T0, refresh_in=600).refresh_on == T0 + 600
+
+    def test_a_60_second_token_is_not_refetched_on_every_call(self):
+        token = new_token("t", expires_on=T0 + 60, now=T0)
+        assert token.refresh_on == T0 + 30
+        assert token.mandatory_on == T0 + 45
+        assert token.state(T0 + 29) is TokenState.FRESH
+
+    def test_states(self):
+        token = new_token("t", expires_on=T0 + DAY, now=T0)
+        assert token.state(T0) is TokenState.FRESH
+        assert token.state(T0 + DAY // 2) is TokenState.ADVISORY
+        assert token.state(T0 + DAY - 200) is TokenState.MANDATORY
+        assert token.state(T0 + DAY) is TokenState.EXPIRED
+
+    def test_repr_hides_the_token(self):
+        token = new_token("eyJsecret.token.text", expires_on=T0 + DAY, now=T0)
+        for shown in (repr(token), repr(token.access_token), repr(token.info), str(token)):
+            assert "eyJsecret" not in shown
+        assert token.access_token.token == "eyJsecret.token.text"  # still the real token to SDKs
+
+    def test_json_round_trip(self):
+        token = new_token("t", expires_on=T0 + DAY, now=T0, refresh_in=10)
+        assert CachedToken.from_json(token.to_json()) == token
+        assert CachedToken.from_json("{") is None
+        assert CachedToken.from_json('{"format": 99}') is None
+
+
+class TestNodeCacheSafety:
+    def test_created_private_and_files_are_0600(self, tmp_path):
+        cache = NodeCache.open(tmp_path / "cache")
+        assert stat.S_IMODE(cache.directory.stat().st_mode) == 0o700
+        cache.write(KEY, new_token("t", expires_on=T0 + DAY, now=T0))
+        files = list(cache.directory.iterdir())
+        assert [f.name for f in files] == [f"{KEY}.json"]  # no temp file left behind
+        assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+        assert cache.read(KEY).token == "t"
+
+    def test_refuses_a_symlinked_directory(self, tmp_path):
+        real = tmp_path / "real"
+        real.mkdir(mode=0o700)
+        (tmp_path / "link").symlink_to(real)
+        with pytest.raises(UnsafeCacheError, match="is a symlink"):
+            NodeCache.open(tmp_path / "link")
+
+    @pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])
+    def test_refuses_a_group_or_world_writable_directory(self, tmp_path, mode):
+        directory = tmp_path / "cache"
+        directory.mkdir()
+        directory.chmod(mode)
+        with pytest.raises(UnsafeCacheError, match=f"has mode {mode:04o}"):
+            NodeCache.open(directory)
+
+    def test_refuses_a_directory_owned_by_another_user(self, tmp_path):
+        directory = tmp_path / "cache"
+        directory.mkdir(mode=0o700)
+        with pytest.raises(UnsafeCacheError, match="is owned by uid"):
+            NodeCache.open(directory, uid=os.getuid() + 4242)
+
+    def test_refuses_a_file_owned_by_another_user(self, tmp_path):
+        mine = NodeCache.open(tmp_path / "cache")
+        mine.write(KEY, new_token("t", expires_on=T0 + DAY, now=T0))
+        with pytest.raises(UnsafeCacheError, match=r"cache file .* is owned by uid"):
+            NodeCache(mine.directory, uid=os.getuid() + 4242).read(KEY)
+
+    def test_refuses_a_file_readable_by_others(self, tmp_path):
+        cache = NodeCache.open(tmp_path / "cache")
+        cache.write(KEY, new_token("t", expires_on=T0 + DAY, now=T0))
+        (cache.directory / f"{KEY}.json").chmod(0o644)
+        with pytest.raises(UnsafeCacheError, match="mode 0644; it must be mode 0600"):
+            cache.read(KEY)
+
+    def test_refuses_a_symlinked_file(self, tmp_path):
+        cache = NodeCache.open(tmp_path / "cache")
+        target = tmp_path / "elsewhere.json"
+        target.write_text(new_token("planted", expires_on=T0 + DAY, now=T0).to_json())
+        (cache.directory / f"{KEY}.json").symlink_to(target)
+        with pytest.raises(UnsafeCacheError, match="is a symlink"):
+            cache.read(KEY)
+
+    def test_a_corrupt_file_is_a_miss(self, tmp_path):
+        cache = NodeCache.open(tmp_path / "cache")
+        path = cache.directory / f"{KEY}.json"
+        path.write_text("{truncated")
+        path.chmod(0o600)
+        assert cache.read(KEY) is None
+
+
+class Fetcher:
+    """A scripted endpoint: counts fetches; can fail, or block until released."""
+
+    def __init__(self, clock: FakeClock, lifetime: int = DAY) -> None:
+        self.clock, self.lifetime = clock, lifetime
+        self.calls = 0
+        self.fail = False
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def __call__(self) -> CachedToken:
+        self.calls += 1
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(timeout=30)
+        if self.fail:
+            raise TokenRequestError("endpoint down", identity="uai", endpoint="http://127.0.0.1:1")
+        now = self.clock()
+        return new_token(f"token-{self.calls}", expires_on=int(now) + self.lifetime, now=now)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock(T0)
+
+
+def make_store(clock, node=None):
+    return TokenStore(node, clock, lock_timeout=5)
+
+
+class TestWindows:
+    def test_a_fresh_token_is_served_without_fetching(self, clock):
+        store, fetch = make_store(clock), Fetcher(clock)
+        first = store.get(KEY, fetch)
+        clock.advance(DAY // 2 - 1)
+        assert store.get(KEY, fetch) is first
+        assert fetch.calls == 1
+
+    def test_advisory_refresh_replaces_the_token(self, clock):
+        store, fetch = make_store(clock), Fetcher(clock)
+        store.get(KEY, fetch)
+        clock.advance(DAY // 2 + 1)
+        assert store.get(KEY, fetch).token == "token-2"
+
+    def test_advisory_failure_keeps_the_valid_token_and_waits_30_s(self, clock, caplog):
+        store, fetch = make_store(clock), Fetcher(clock)
+        store.get(KEY, fetch)
+        clock.advance(DAY // 2 + 1)
+        fetch.fail = True
+        with caplog.at_level(logging.WARNING, logger="aml_identity.tokens"):
+            assert store.get(KEY, fetch).token == "token-1"
+        assert fetch.calls == 2
+        assert "Proactive token refresh failed" in caplog.text
+        clock.advance(ADVISORY_RETRY_DELAY_S - 1)
+        assert store.get(KEY, fetch).token == "token-1"
+        assert fetch.calls == 2  # not retried within 30 s
+        clock.advance(2)
+        fetch.fail = False
+        assert store.get(KEY, fetch).token == "token-3"
+
+    def test_advisory_refresh_does_not_block_other_callers(self, clock):
+        store, fetch = make_store(clock), Fetcher(clock)
+        store.get(KEY, fetch)
+        clock.advance(DAY // 2 + 1)
+        fetch.gate = threading.Event()
+        refresher = threading.Thread(target=store.get, args=(KEY, fetch))
+        refresher.start()
+        assert fetch.entered.wait(10)
+        # While one caller is refreshing, another gets the still-valid token at once.
+        assert store.get(KEY, fetch).token == "token-1"
+        fetch.gate.set()
+        refresher.join(10)
+        assert store.get(KEY, fetch).token == "token-2"
+        assert fetch.calls == 2
+
+    def test_mandatory_window_failure_raises(self, clock):
+        store, fetch = make_store(clock), Fetcher(clock)
+        store.get(KEY, fetch)
+        clock.advance(DAY - 200)  # 200 s before expiry: mandatory
+        fetch.fail = True
+        with pytest.raises(TokenRequestError, match="endpoint down"):
+            store.get(KEY, fetch)
+
+    def test_mandatory_window_callers_share_one_refresh(self, clock):
+        store, fetch = make_store(clock), Fetcher(clock)
+        store.get(KEY, fetch)
+        clock.advance(DAY - 200)
+        fetch.gate = threading.Event()
+        results: list[str] = []
+        callers = [threading.Thread(target=lambda: results.append(store.get(KEY, fetch).token)) for _ in range(8)]
+        for caller in callers:
+            caller.start()
+        assert fetch.entered.wait(10)
+        fetch.gate.set()
+        for caller in callers:
+            caller.join(10)
+        assert results == ["token-2"] * 8
+        assert fetch.calls == 2
+
+    def test_missing_token_failure_raises(self, clock):
+        fetch = Fetcher(clock)
+        fetch.fail = True
+        with pytest.raises(TokenRequestError):
+            make_store(clock).get(KEY, fetch)
+
+    def test_forced_refresh_for_a_claims_challenge(self, clock):
+        store, fetch = make_store(clock), Fetcher(clock)
+        store.get(KEY, fetch)
+        assert store.get(KEY, fetch, force=True).token == "token-2"
+
+
+class TestNodeSharing:
+    def test_a_second_process_reads_the_first_ones_token(self, clock, tmp_path):
+        directory = tmp_path / "cache"
+        first, second = make_store(clock, NodeCache.open(directory)), make_store(clock, NodeCache.open(directory))
+        fetch = Fetcher(clock)
+        assert first.get(KEY, fetch).token == "token-1"
+        assert second.get(KEY, fetch).token == "token-1"
+        assert fetch.calls == 1
+
+    def test_an_advisory_failure_is_remembered_node_wide(self, clock, tmp_path):
+        directory = tmp_path / "cache"
+        first, second = make_store(clock, NodeCache.open(directory)), make_store(clock, NodeCache.open(directory))
+        fetch = Fetcher(clock)
+        first.get(KEY, fetch)
+        clock.advance(DAY // 2 + 1)
+        fetch.fail = True
+        assert first.get(KEY, fetch).token == "token-1"
+        assert second.get(KEY, fetch).token == "token-1"
+        assert fetch.calls == 2  # the other process did not hammer the endpoint again
+
+    def test_the_newest_token_on_the_node_is_used(self, clock, tmp_path):
+        directory = tmp_path / "cache"
+        first, second = make_store(clock, NodeCache.open(directory)), make_store(clock, NodeCache.open(directory))
+        fetch = Fetcher(clock)
+        first.get(KEY, fetch)
+        second.get(KEY, fetch)
+        clock.advance(DAY // 2 + 1)
+        assert first.get(KEY, fetch).token == "token-2"  # first refreshed in the advisory window
+        assert second.get(KEY, fetch).token == "token-2"  # second picks it up from the node cache
+        assert fetch.calls == 2
