@@ -9,14 +9,18 @@
 
 Against Azure (signed in with ``az login``; any azure-identity credential works)::
 
-    python examples/setup_cluster_identity.py \
-        --subscription <sub> --resource-group <rg> --workspace <ws> \
-        --identity "$(az identity show -g <rg> -n <identity> --query id -o tsv)" \
-        --storage-account "$(az storage account show -g <rg> -n <account> --query id -o tsv)"
+    python examples/setup_cluster_identity.py --subscription <sub> --resource-group <rg> --workspace <ws> \
+        --identity <identity> [--storage-account <account>]
 
-Leave out ``--subscription/--resource-group/--workspace`` to read the workspace's ``config.json``. Re-running
-is safe: the cluster is not recreated (differences from the spec are reported) and grants are not repeated.
-The test suite runs it against aml-identity's ARM emulator (``AML_IDENTITY_ARM_ENDPOINT``).
+``--identity`` and ``--storage-account`` take a resource id, or a name in the workspace's resource group; the
+storage account defaults to the workspace's own. Leave out ``--subscription/--resource-group/--workspace`` to
+use the job's workspace (inside an Azure ML job, with the job's identity) or the workspace's ``config.json``.
+Re-running is safe: the cluster is not recreated (differences from the spec are reported) and grants are not
+repeated.
+
+Offline, against aml-identity's ARM emulator in the sandbox::
+
+    aml-identity sandbox --arm -- python examples/setup_cluster_identity.py --identity uai-sandbox
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import sys
 import warnings
 
+from aml_identity.errors import ConfigurationError
 from aml_identity.provisioning import (
     ClusterSpec,
     ProvisioningWarning,
@@ -44,19 +49,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cluster", default="cpu-cluster", help="cluster name (default cpu-cluster)")
     parser.add_argument("--vm-size", default="Standard_DS3_v2", help="VM size (default Standard_DS3_v2)")
     parser.add_argument("--max-nodes", type=int, default=4, help="most nodes (default 4)")
-    parser.add_argument(
-        "--identity", required=True, help="resource id of the user-assigned identity to switch to"
-    )
-    parser.add_argument("--storage-account", required=True, help="resource id of the storage account to read")
+    parser.add_argument("--identity", required=True, help="the user-assigned identity to switch to (id or name)")
+    parser.add_argument("--storage-account", help="the storage account to read (id or name; default: the workspace's)")
     return parser.parse_args(argv)
+
+
+def resource_id(ws: Workspace, value: str, provider: str) -> str:
+    """A resource id as given, or the id of the resource of that name in the workspace's resource group."""
+    if value.startswith("/subscriptions/"):
+        return value
+    return f"/subscriptions/{ws.subscription_id}/resourceGroups/{ws.resource_group}/providers/{provider}/{value}"
+
+
+def find_workspace(args: argparse.Namespace) -> Workspace:
+    if args.subscription:
+        return Workspace(args.subscription, args.resource_group, args.workspace)  # DefaultAzureCredential
+    try:
+        return Workspace.from_job_environment()  # inside an Azure ML job: its workspace, with its identity
+    except ConfigurationError:
+        return Workspace.from_config()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.subscription:
-        ws = Workspace(args.subscription, args.resource_group, args.workspace)
+    ws = find_workspace(args)
+    identity = resource_id(ws, args.identity, "Microsoft.ManagedIdentity/userAssignedIdentities")
+    if args.storage_account:
+        account = resource_id(ws, args.storage_account, "Microsoft.Storage/storageAccounts")
     else:
-        ws = Workspace.from_config()
+        account = ws.get_details()["properties"]["storageAccount"]
 
     # 1. Find or create the cluster. ensure() never overwrites an existing cluster; it reports differences.
     spec = ClusterSpec(
@@ -75,13 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     cluster.wait_for_completion(show_output=True)
 
     # 2. Switch to the user-assigned identity (GET, edit the identity, PUT the whole cluster).
-    cluster.add_identity(UserAssigned([args.identity]), replace=True)
-    print(
-        f"{cluster.name}: default identity principal id {cluster.principal_id}, client id {cluster.client_id}"
-    )
+    cluster.add_identity(UserAssigned([identity]), replace=True)
+    print(f"{cluster.name}: default identity principal id {cluster.principal_id}, client id {cluster.client_id}")
 
     # 3. Let that identity read the data (and pull the workspace's images). Idempotent.
-    for grant in grant_data_access(cluster, args.storage_account, "Storage Blob Data Reader"):
+    for grant in grant_data_access(cluster, account, "Storage Blob Data Reader"):
         state = "granted" if grant.created else "already granted"
         print(f"{state}: {grant.role} on {grant.scope}")
 

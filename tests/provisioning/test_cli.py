@@ -69,9 +69,7 @@ def test_identity_grant_and_diagnose(arm, capsys):
     code, out, err = run(capsys, "cluster", "add-identity", *WS, "-n", "cpu", "--user-assigned", arm.uai)
     assert code == 1
     assert "not both" in err
-    code, out, err = run(
-        capsys, "cluster", "add-identity", *WS, "-n", "cpu", "--user-assigned", arm.uai, "--replace"
-    )
+    code, out, err = run(capsys, "cluster", "add-identity", *WS, "-n", "cpu", "--user-assigned", arm.uai, "--replace")
     assert code == 0, err
     assert arm.uai in out
     code, out, _ = run(capsys, "cluster", "grant", *WS, "-n", "cpu", "--scope", arm.account)
@@ -117,9 +115,7 @@ def test_errors_name_the_fix(arm, capsys, tmp_path):
 
 def test_workspace_from_config_file(arm, capsys, tmp_path):
     config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps({"subscription_id": SUB, "resource_group": "ml-rg", "workspace_name": "ws-cli"})
-    )
+    config.write_text(json.dumps({"subscription_id": SUB, "resource_group": "ml-rg", "workspace_name": "ws-cli"}))
     code, out, err = run(capsys, "cluster", "create", "--config", str(config), *SPEC, "--no-wait")
     assert code == 0, err
     assert "cluster cpu" in out

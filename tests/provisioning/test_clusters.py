@@ -109,9 +109,7 @@ class TestIdentityChanges:
         before = len(arm.requests)
         cluster.add_identity(UserAssigned([seeded.uai]), replace=True)
         calls = [
-            r.operation_id
-            for r in arm.requests[before:]
-            if r.operation_id and r.operation_id.startswith("Compute_")
+            r.operation_id for r in arm.requests[before:] if r.operation_id and r.operation_id.startswith("Compute_")
         ]
         assert calls[:2] == [GET, PUT]
         assert PATCH not in calls
@@ -268,9 +266,7 @@ class TestPreflight:
 
     def test_dedicated_family_quota(self, arm, ws):
         arm.set_quota("eastus", family="standardDSv2Family", limit=24, current=12)
-        with pytest.raises(
-            QuotaExceededError, match="Standard DSv2 Family Cluster Dedicated vCPUs"
-        ) as raised:
+        with pytest.raises(QuotaExceededError, match="Standard DSv2 Family Cluster Dedicated vCPUs") as raised:
             ws.clusters.create(spec(vm_priority="dedicated"))  # 16 > 12 free
         assert "vm_priority='lowpriority'" in str(raised.value)
         assert arm.requests_for(PUT) == []
@@ -305,10 +301,7 @@ class TestWorkspaces:
             seeded.rg,
             seeded.ws_name,
         )
-        assert (
-            Workspace.from_config(tmp_path / ".azureml" / "config.json", credential=object()).name
-            == seeded.ws_name
-        )
+        assert Workspace.from_config(tmp_path / ".azureml" / "config.json", credential=object()).name == seeded.ws_name
 
     def test_from_config_errors(self, tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)

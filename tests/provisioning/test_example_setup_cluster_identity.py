@@ -22,15 +22,11 @@ RETRY_AFTER = 0.01
 
 @pytest.fixture
 def arm(aml_tls):
-    with ArmEmulator(
-        tls=aml_tls, retry_after=RETRY_AFTER, seconds_per_request=SECONDS_PER_REQUEST
-    ) as emulator:
+    with ArmEmulator(tls=aml_tls, retry_after=RETRY_AFTER, seconds_per_request=SECONDS_PER_REQUEST) as emulator:
         yield emulator
 
 
-def run_example(
-    arm: ArmEmulator, msi_environ: dict[str, str], *args: str
-) -> subprocess.CompletedProcess[str]:
+def run_example(arm: ArmEmulator, msi_environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     keep = ("PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR")
     env = {name: os.environ[name] for name in keep if name in os.environ}
     env.update(msi_environ)

@@ -13,9 +13,7 @@ CREATE = "RoleAssignments_Create"
 
 
 def cluster_with(ws, identity, name="cpu"):
-    cluster = ws.clusters.ensure(
-        ClusterSpec(name=name, vm_size="Standard_DS3_v2", max_nodes=2, identity=identity)
-    )
+    cluster = ws.clusters.ensure(ClusterSpec(name=name, vm_size="Standard_DS3_v2", max_nodes=2, identity=identity))
     cluster.wait_for_completion()
     return cluster
 
@@ -39,9 +37,7 @@ class TestIdempotence:
         (grant,) = grant_data_access(cluster, seeded.account, acr_pull=False)
         expected = assignment_name(seeded.account, cluster.principal_id, READER)
         assert grant.assignment_name == expected
-        assert expected == assignment_name(
-            seeded.account.upper() + "/", cluster.principal_id.upper(), READER.upper()
-        )
+        assert expected == assignment_name(seeded.account.upper() + "/", cluster.principal_id.upper(), READER.upper())
         assert expected != assignment_name(seeded.account, cluster.principal_id, BUILTIN_ROLES["AcrPull"])
         (stored,) = arm.role_assignments(principal_id=cluster.principal_id)
         assert stored["name"] == expected

@@ -9,15 +9,9 @@ from aml_identity.provisioning import ClusterSpec, SystemAssigned, UserAssigned,
 from aml_identity.testing.arm import ArmSpecs
 
 SUB = "00000000-0000-0000-0000-0000000000aa"
-UAI = (
-    f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai1"
-)
-UAI2 = (
-    f"/subscriptions/{SUB}/resourcegroups/rg/providers/microsoft.managedidentity/userassignedidentities/uai2"
-)
-SUBNET = (
-    f"/subscriptions/{SUB}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet/subnets/train"
-)
+UAI = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai1"
+UAI2 = f"/subscriptions/{SUB}/resourcegroups/rg/providers/microsoft.managedidentity/userassignedidentities/uai2"
+SUBNET = f"/subscriptions/{SUB}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet/subnets/train"
 
 
 def spec(**changes) -> ClusterSpec:
@@ -29,9 +23,7 @@ def spec(**changes) -> ClusterSpec:
 class TestValidation:
     @pytest.mark.parametrize("name", ["ab", "a" * 25, "1cluster", "cpu_cluster", "cpu.cluster", "-cpu"])
     def test_cluster_name_rule(self, name):
-        with pytest.raises(
-            ConfigurationError, match="3 to 24 characters, letters, digits and hyphens"
-        ) as raised:
+        with pytest.raises(ConfigurationError, match="3 to 24 characters, letters, digits and hyphens") as raised:
             spec(name=name)
         assert raised.value.name == "name"
         assert "starting with a letter" in str(raised.value)
@@ -117,17 +109,11 @@ class TestValidation:
 
     def test_user_assigned_type_needs_ids(self):
         with pytest.raises(ConfigurationError, match="needs identity_id"):
-            provisioning_configuration(
-                name="cpu", vm_size="Standard_DS3_v2", max_nodes=2, identity_type="UserAssigned"
-            )
+            provisioning_configuration(name="cpu", vm_size="Standard_DS3_v2", max_nodes=2, identity_type="UserAssigned")
 
     def test_identity_type_values(self):
-        with pytest.raises(
-            ConfigurationError, match="identity_type must be 'SystemAssigned' or 'UserAssigned'"
-        ):
-            provisioning_configuration(
-                name="cpu", vm_size="Standard_DS3_v2", max_nodes=2, identity_type="Both"
-            )
+        with pytest.raises(ConfigurationError, match="identity_type must be 'SystemAssigned' or 'UserAssigned'"):
+            provisioning_configuration(name="cpu", vm_size="Standard_DS3_v2", max_nodes=2, identity_type="Both")
 
     def test_identity_object_type(self):
         with pytest.raises(ConfigurationError, match="identity must be SystemAssigned"):
@@ -138,9 +124,7 @@ class TestValidation:
             spec(subnet="train")
 
     def test_virtual_network_needs_all_three_parts(self):
-        with pytest.raises(
-            ConfigurationError, match="vnet_resourcegroup_name, vnet_name and subnet_name together"
-        ):
+        with pytest.raises(ConfigurationError, match="vnet_resourcegroup_name, vnet_name and subnet_name together"):
             provisioning_configuration(name="cpu", vm_size="Standard_DS3_v2", max_nodes=2, vnet_name="vnet")
 
     def test_remote_login_values(self):
@@ -149,9 +133,7 @@ class TestValidation:
 
     def test_ssh_users_are_refused_with_the_alternative(self):
         with pytest.raises(ConfigurationError, match="does not set up SSH users"):
-            provisioning_configuration(
-                name="cpu", vm_size="Standard_DS3_v2", max_nodes=2, admin_username="me"
-            )
+            provisioning_configuration(name="cpu", vm_size="Standard_DS3_v2", max_nodes=2, admin_username="me")
 
 
 class TestV1Keywords:
@@ -204,9 +186,7 @@ def specs():
 
 class TestRequestBody:
     def test_system_assigned_body_validates_and_has_the_spec_shape(self, specs):
-        body = spec(identity=SystemAssigned(), vm_priority="lowpriority").to_arm(
-            location="eastus", subscription_id=SUB
-        )
+        body = spec(identity=SystemAssigned(), vm_priority="lowpriority").to_arm(location="eastus", subscription_id=SUB)
         assert specs.request_errors("Compute_CreateOrUpdate", body) == []
         assert body["identity"] == {"type": "SystemAssigned"}
         aml = body["properties"]["properties"]
@@ -218,9 +198,7 @@ class TestRequestBody:
         }
 
     def test_user_assigned_keyed_by_resource_id(self, specs):
-        body = spec(identity=UserAssigned([UAI, UAI2, UAI.upper()])).to_arm(
-            location="eastus", subscription_id=SUB
-        )
+        body = spec(identity=UserAssigned([UAI, UAI2, UAI.upper()])).to_arm(location="eastus", subscription_id=SUB)
         assert specs.request_errors("Compute_CreateOrUpdate", body) == []
         assert body["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {UAI: {}, UAI2: {}}}
 
@@ -251,10 +229,7 @@ class TestDrift:
 
     def test_each_difference_is_named_with_its_fix(self):
         resource = self._resource(maxNodeCount=2, nodeIdleTimeBeforeScaleDown="PT30M")
-        found = {
-            d.field: d
-            for d in spec(identity=SystemAssigned(), idle_seconds_before_scaledown=600).drift(resource)
-        }
+        found = {d.field: d for d in spec(identity=SystemAssigned(), idle_seconds_before_scaledown=600).drift(resource)}
         assert set(found) == {"max_nodes", "identity", "idle_seconds_before_scaledown"}
         assert (found["max_nodes"].wanted, found["max_nodes"].actual) == (4, 2)
         assert "update_scale(max_nodes=4)" in found["max_nodes"].fix

@@ -6,9 +6,7 @@ from aml_identity.provisioning import ClusterSpec, SystemAssigned, UserAssigned,
 from aml_identity.testing.arm import ArmSpecs
 
 SUB = "00000000-0000-0000-0000-0000000000aa"
-UAI = (
-    f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai1"
-)
+UAI = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai1"
 
 
 def test_system_assigned_template():
@@ -43,9 +41,7 @@ def test_user_assigned_with_subnet():
     template = export_arm_template(spec)
     (resource,) = template["resources"]
     assert resource["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {UAI: {}}}
-    assert (
-        resource["properties"]["properties"]["subnet"]["id"] == f"[concat(subscription().id, '{relative}')]"
-    )
+    assert resource["properties"]["properties"]["subnet"]["id"] == f"[concat(subscription().id, '{relative}')]"
     assert resource["location"] == "westus2"
     assert "defaultValue" not in template["parameters"]["workspaceName"]
     assert "outputs" not in template

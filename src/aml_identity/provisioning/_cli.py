@@ -54,13 +54,9 @@ def _spec_options() -> argparse.ArgumentParser:
     group.add_argument("--idle-seconds", type=int, default=1800, help="idle time before a node is released")
     group.add_argument("--location", help="region (default: the workspace's)")
     group.add_argument("--subnet", help="subnet resource id")
-    group.add_argument(
-        "--tag", action="append", default=[], metavar="KEY=VALUE", help="resource tag (repeatable)"
-    )
+    group.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="resource tag (repeatable)")
     group.add_argument("--description", help="description")
-    group.add_argument(
-        "--remote-login", choices=("Enabled", "Disabled", "NotSpecified"), default="NotSpecified"
-    )
+    group.add_argument("--remote-login", choices=("Enabled", "Disabled", "NotSpecified"), default="NotSpecified")
     group.add_argument("--no-node-public-ip", action="store_true", help="nodes get no public IP")
     _identity_options(parent, required=False)
     return parent
@@ -86,9 +82,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create = sub.add_parser("create", parents=[ws, spec], help="create a cluster (fails if it exists)")
     _wait_options(create)
     create.set_defaults(handler=_create)
-    ensure = sub.add_parser(
-        "ensure", parents=[ws, spec], help="create the cluster unless it exists; report drift"
-    )
+    ensure = sub.add_parser("ensure", parents=[ws, spec], help="create the cluster unless it exists; report drift")
     _wait_options(ensure)
     ensure.set_defaults(handler=_ensure)
     show = sub.add_parser("show", parents=[ws], help="show a cluster's state, nodes and identity")
@@ -101,17 +95,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.set_defaults(handler=_add_identity)
     remove = sub.add_parser("remove-identity", parents=[ws], help="remove one user-assigned identity, or all")
     remove.add_argument("-n", "--name", required=True)
-    remove.add_argument(
-        "--identity-id", help="the user-assigned identity to remove (default: every identity)"
-    )
+    remove.add_argument("--identity-id", help="the user-assigned identity to remove (default: every identity)")
     remove.set_defaults(handler=_remove_identity)
     grant = sub.add_parser("grant", parents=[ws], help="grant a cluster's identity a role (and AcrPull)")
     who = grant.add_mutually_exclusive_group(required=True)
     who.add_argument("-n", "--name", help="cluster whose default identity gets the role")
     who.add_argument("--principal-id", help="a principal (object) id instead of a cluster")
-    grant.add_argument(
-        "--scope", required=True, help="resource id the role applies to (a storage account...)"
-    )
+    grant.add_argument("--scope", required=True, help="resource id the role applies to (a storage account...)")
     grant.add_argument("--role", default="Storage Blob Data Reader", help="role name, GUID or definition id")
     grant.add_argument("--registry", help="container registry id for AcrPull (default: the workspace's)")
     grant.add_argument("--no-acr-pull", action="store_true", help="grant no AcrPull")
@@ -121,9 +111,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     diagnose.add_argument("-n", "--name", required=True)
     diagnose.set_defaults(handler=_diagnose)
-    template = sub.add_parser(
-        "template", parents=[ws, spec], help="print an ARM template that creates the cluster"
-    )
+    template = sub.add_parser("template", parents=[ws, spec], help="print an ARM template that creates the cluster")
     template.set_defaults(handler=_template)
 
 
@@ -213,9 +201,7 @@ def _print_cluster(args: argparse.Namespace, cluster: Any) -> None:
         return
     identity = summary["identity"]
     status = summary["status"]
-    _emit(
-        f"cluster {summary['name']} ({summary['vmSize']}, {summary['vmPriority']}) in {summary['location']}"
-    )
+    _emit(f"cluster {summary['name']} ({summary['vmSize']}, {summary['vmPriority']}) in {summary['location']}")
     _emit(
         f"  state: provisioning {status['provisioningState']}, allocation {status['allocationState']}, nodes "
         f"{status['currentNodeCount']} -> {status['targetNodeCount']}"
@@ -224,15 +210,9 @@ def _print_cluster(args: argparse.Namespace, cluster: Any) -> None:
     for resource_id in identity["userAssignedIdentities"]:
         _emit(f"    {resource_id}")
     if identity["principalId"]:
-        _emit(
-            f"  default identity: principal id {identity['principalId']}, client id "
-            f"{identity['clientId'] or '-'}"
-        )
+        _emit(f"  default identity: principal id {identity['principalId']}, client id {identity['clientId'] or '-'}")
     for drift in summary["drift"]:
-        _emit(
-            f"  drift: {drift['field']} is {drift['actual']!r}, spec says {drift['wanted']!r} "
-            f"({drift['fix']})"
-        )
+        _emit(f"  drift: {drift['field']} is {drift['actual']!r}, spec says {drift['wanted']!r} ({drift['fix']})")
     for error in status["errors"]:
         _emit(f"  error: {error}")
 
@@ -281,9 +261,7 @@ def _ensure(args: argparse.Namespace) -> int:
 
 
 _show = _with_cluster(lambda _args, cluster: cluster)
-_add_identity = _with_cluster(
-    lambda args, cluster: cluster.add_identity(_identity(args), replace=args.replace)
-)
+_add_identity = _with_cluster(lambda args, cluster: cluster.add_identity(_identity(args), replace=args.replace))
 _remove_identity = _with_cluster(lambda args, cluster: cluster.remove_identity(args.identity_id))
 
 
@@ -304,10 +282,7 @@ def _grant(args: argparse.Namespace) -> int:
         return 0
     for grant in grants:
         verb = "granted" if grant.created else "already had"
-        _emit(
-            f"{verb} {grant.role} on {grant.scope} to {grant.principal_id} (assignment "
-            f"{grant.assignment_name})"
-        )
+        _emit(f"{verb} {grant.role} on {grant.scope} to {grant.principal_id} (assignment {grant.assignment_name})")
     return 0
 
 

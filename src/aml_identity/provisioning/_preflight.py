@@ -61,9 +61,7 @@ def _vm_size(arm: ArmClient, subscription_id: str, location: str, spec: ClusterS
     size = by_name.get(spec.vm_size.lower())
     if size is None:
         names = [str(s.get("name")) for s in sizes]
-        close = (
-            difflib.get_close_matches(spec.vm_size, names, n=_SUGGESTIONS, cutoff=0.5) or names[:_SUGGESTIONS]
-        )
+        close = difflib.get_close_matches(spec.vm_size, names, n=_SUGGESTIONS, cutoff=0.5) or names[:_SUGGESTIONS]
         msg = (
             f"VM size {spec.vm_size!r} is not offered for AmlCompute in {location}. Pick one that is "
             f"(for example {', '.join(close)}), or another location; `az ml compute list-sizes -l "
@@ -72,10 +70,7 @@ def _vm_size(arm: ArmClient, subscription_id: str, location: str, spec: ClusterS
         )
         raise ConfigurationError(msg, name="vm_size")
     if spec.vm_priority == "lowpriority" and size.get("lowPriorityCapable") is False:
-        msg = (
-            f"VM size {size['name']!r} cannot run low-priority nodes in {location}; "
-            "use vm_priority='dedicated'."
-        )
+        msg = f"VM size {size['name']!r} cannot run low-priority nodes in {location}; use vm_priority='dedicated'."
         raise ConfigurationError(msg, name="vm_priority")
     return dict(size)
 

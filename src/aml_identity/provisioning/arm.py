@@ -215,8 +215,8 @@ class ArmClient:
         environ: The environment for ``AML_IDENTITY_ARM_ENDPOINT`` and ``AML_IDENTITY_LOOPBACK_ONLY``.
         endpoint: The ARM endpoint; ``JobEnvironment.arm_endpoint`` (``AML_IDENTITY_ARM_ENDPOINT`` or
             ``https://management.azure.com``) when omitted.
-        connection_verify: TLS verification: True (``REQUESTS_CA_BUNDLE`` or the system store), False, or
-            a CA bundle path.
+        connection_verify: TLS verification: a CA bundle path, True (the system store) or False; when
+            omitted, ``REQUESTS_CA_BUNDLE`` of ``environ`` (or of the process), else the system store.
         sleep: Waits between polls and retries (``time.sleep`` by default; tests inject a fake).
         transport: An azure-core transport to use instead of the default requests one.
     """
@@ -244,8 +244,11 @@ class ArmClient:
             else f"{self.endpoint}/.default"
         )
         options: dict[str, Any] = {}
-        if connection_verify is not None:
-            options["connection_verify"] = connection_verify
+        # An explicit setting wins; else the environment's REQUESTS_CA_BUNDLE (also when the environment is
+        # injected rather than the process's, which requests itself would not read).
+        verify = connection_verify if connection_verify is not None else self.env.ca_bundle
+        if verify is not None:
+            options["connection_verify"] = verify
         self._transport = transport or _Transport(sleep=self.sleep, **options)
         pipeline_policies: list[Any] = [
             policies.RequestIdPolicy(),
@@ -284,9 +287,7 @@ class ArmClient:
         _LOG.debug("ARM %s %s", method, path)
         pipeline_response = self._pipeline.run(request)
         response = pipeline_response.http_response
-        return ArmResponse(
-            response.status_code, dict(response.headers), _parse_body(response), pipeline_response
-        )
+        return ArmResponse(response.status_code, dict(response.headers), _parse_body(response), pipeline_response)
 
     def call(
         self,

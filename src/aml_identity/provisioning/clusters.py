@@ -75,12 +75,9 @@ def _default_credential() -> TokenCredential:
 
 
 def _job_credential(environ: Mapping[str, str] | None) -> TokenCredential:
-    try:
-        from aml_identity.credential import default_credential  # noqa: PLC0415
-    except ImportError:  # the runtime credential module is not part of this build
-        return _default_credential()
-    credential: TokenCredential = default_credential(environ=environ)
-    return credential
+    from aml_identity.credential import default_credential  # noqa: PLC0415 - only inside a job
+
+    return default_credential(environ=environ)
 
 
 @dataclass(frozen=True)
@@ -128,11 +125,7 @@ class ClusterStatus:
     @property
     def stuck_resizing(self) -> bool:
         """Resizing with no nodes and a target of none: the "0 -> 0" that locks cause."""
-        return (
-            self.allocation_state == "Resizing"
-            and self.current_node_count == 0
-            and self.target_node_count == 0
-        )
+        return self.allocation_state == "Resizing" and self.current_node_count == 0 and self.target_node_count == 0
 
     def describe(self) -> str:
         """One line: states and node counts."""
@@ -189,9 +182,7 @@ class Workspace:
     ) -> None:
         """Validate the names (no request is sent until one is needed)."""
         if not isinstance(subscription_id, str) or not is_guid(subscription_id):
-            msg = (
-                f"subscription_id {subscription_id!r} is not a GUID (`az account show --query id` prints it)."
-            )
+            msg = f"subscription_id {subscription_id!r} is not a GUID (`az account show --query id` prints it)."
             raise ConfigurationError(msg, name="subscription_id")
         if not isinstance(resource_group, str) or not _RESOURCE_GROUP.match(resource_group):
             msg = f"resource_group {resource_group!r} is not a valid name (1-90 letters, digits, -_.())."
@@ -229,14 +220,10 @@ class Workspace:
         try:
             config = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigurationError(
-                f"Cannot read the workspace config {file}: {exc}.", name="config"
-            ) from None
+            raise ConfigurationError(f"Cannot read the workspace config {file}: {exc}.", name="config") from None
         if not isinstance(config, dict):
             raise ConfigurationError(f"The workspace config {file} is not a JSON object.", name="config")
-        missing = [
-            key for key in ("subscription_id", "resource_group", "workspace_name") if not config.get(key)
-        ]
+        missing = [key for key in ("subscription_id", "resource_group", "workspace_name") if not config.get(key)]
         if missing:
             msg = (
                 f"The workspace config {file} lacks {', '.join(missing)}; download config.json from the "
@@ -649,18 +636,14 @@ class Cluster:
         resource = self.refresh().resource
         current = identity_from_arm(resource.get("identity"))
         if current is None:
-            raise ConfigurationError(
-                f"Cannot remove identity: cluster {self.name!r} has no identity.", name="identity"
-            )
+            raise ConfigurationError(f"Cannot remove identity: cluster {self.name!r} has no identity.", name="identity")
         if identity_id is None:
             resource["identity"] = {"type": "None"}
         else:
             held = current.resource_ids if isinstance(current, UserAssigned) else ()
             remaining = [r for r in held if r.lower() != identity_id.lower()]
             if len(remaining) == len(held):
-                msg = (
-                    f"Cluster {self.name!r} has no user-assigned identity {identity_id!r} (it has {current})."
-                )
+                msg = f"Cluster {self.name!r} has no user-assigned identity {identity_id!r} (it has {current})."
                 raise ConfigurationError(msg, name="identity_id")
             resource["identity"] = UserAssigned(remaining).to_arm() if remaining else {"type": "None"}
         return self._put(resource, f"removing identity from cluster {self.name!r}")
@@ -697,9 +680,7 @@ class Cluster:
             body={"properties": {"properties": {"scaleSettings": settings}}},
         )
         final = operation.wait()
-        self.resource = (
-            dict(final) if isinstance(final, dict) and final.get("id") else self.refresh().resource
-        )
+        self.resource = dict(final) if isinstance(final, dict) and final.get("id") else self.refresh().resource
         return self
 
     def delete(self) -> None:
@@ -726,16 +707,12 @@ class Cluster:
             "scaleSettings": props.get("scaleSettings"),
             "identity": {
                 "type": identity.kind if identity else "None",
-                "userAssignedIdentities": list(identity.resource_ids)
-                if isinstance(identity, UserAssigned)
-                else [],
+                "userAssignedIdentities": list(identity.resource_ids) if isinstance(identity, UserAssigned) else [],
                 "principalId": self.principal_id,
                 "clientId": self.client_id,
             },
             "status": ClusterStatus.from_arm(self.resource).to_dict(),
-            "drift": [
-                {"field": d.field, "wanted": d.wanted, "actual": d.actual, "fix": d.fix} for d in self.drift
-            ],
+            "drift": [{"field": d.field, "wanted": d.wanted, "actual": d.actual, "fix": d.fix} for d in self.drift],
         }
 
     def __repr__(self) -> str:
@@ -753,14 +730,10 @@ def _writable(resource: Mapping[str, Any]) -> dict[str, Any]:
     """The PUT body of a compute read with GET: read-only parts and ids filled in by ARM removed."""
     body = {k: v for k, v in resource.items() if k not in _READ_ONLY_TOP and v is not None}
     compute = {
-        k: v
-        for k, v in (resource.get("properties") or {}).items()
-        if k not in _READ_ONLY_COMPUTE and v is not None
+        k: v for k, v in (resource.get("properties") or {}).items() if k not in _READ_ONLY_COMPUTE and v is not None
     }
     compute["properties"] = {
-        k: v
-        for k, v in (compute.get("properties") or {}).items()
-        if k not in _READ_ONLY_AML and v is not None
+        k: v for k, v in (compute.get("properties") or {}).items() if k not in _READ_ONLY_AML and v is not None
     }
     body["properties"] = compute
     identity = body.get("identity")

@@ -87,9 +87,7 @@ class DiagnosisReport:
         """The report as text: the state, each blocking lock with its scope and fix, what was checked."""
         lines = [f"Cluster {self.cluster!r}: {self.status.describe()}."]
         if self.status.stuck_resizing:
-            lines.append(
-                'It is "stuck resizing 0 -> 0": Azure ML cannot scale it, which management locks cause.'
-            )
+            lines.append('It is "stuck resizing 0 -> 0": Azure ML cannot scale it, which management locks cause.')
         if self.locks:
             lines.append(f"{len(self.locks)} management lock(s) block scaling:")
             lines.extend(
@@ -158,15 +156,11 @@ def diagnose(cluster: Cluster) -> DiagnosisReport:
     subscription = workspace.subscription_id
     group = f"/subscriptions/{subscription}/resourceGroups/{workspace.resource_group}"
     groups = {group.lower(): (group, f"the workspace's resource group ({workspace.resource_group})")}
-    subnet = (((cluster.resource.get("properties") or {}).get("properties") or {}).get("subnet") or {}).get(
-        "id"
-    )
+    subnet = (((cluster.resource.get("properties") or {}).get("properties") or {}).get("subnet") or {}).get("id")
     parts = str(subnet or "").split("/")
     if len(parts) > 4 and parts[3].lower() == "resourcegroups":  # noqa: PLR2004 - /subscriptions/s/resourceGroups/g
         vnet_group = "/".join(parts[:5])
-        groups.setdefault(
-            vnet_group.lower(), (vnet_group, f"the virtual network's resource group ({parts[4]})")
-        )
+        groups.setdefault(vnet_group.lower(), (vnet_group, f"the virtual network's resource group ({parts[4]})"))
     labels = {key: label for key, (_, label) in groups.items()}
     scopes = [f"/subscriptions/{subscription}", *(original for original, _ in groups.values())]
     found: dict[str, BlockingLock] = {}

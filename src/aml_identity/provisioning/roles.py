@@ -37,9 +37,7 @@ BUILTIN_ROLES: Mapping[str, str] = {
 }
 # The namespace of aml-identity's role assignment names: uuid5(namespace, scope|principal|role) is the same
 # for the same grant on every run and every machine, so a second grant finds the first instead of adding one.
-_ASSIGNMENT_NAMESPACE = uuid.uuid5(
-    uuid.NAMESPACE_URL, "https://pypi.org/project/aml-identity/role-assignments"
-)
+_ASSIGNMENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://pypi.org/project/aml-identity/role-assignments")
 _ROLE_DEFINITION = re.compile(
     r"^(?:/subscriptions/[^/]+)?/providers/Microsoft\.Authorization/roleDefinitions/(?P<guid>[0-9a-fA-F-]{36})$",
     re.IGNORECASE,

@@ -53,8 +53,7 @@ _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)
 _PRIORITIES = {"dedicated": "Dedicated", "lowpriority": "LowPriority"}
 _REMOTE_LOGIN = {"enabled": "Enabled", "disabled": "Disabled", "notspecified": "NotSpecified"}
 _UAI_EXAMPLE = (
-    "/subscriptions/<sub>/resourceGroups/<rg>/providers/"
-    "Microsoft.ManagedIdentity/userAssignedIdentities/<name>"
+    "/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>"
 )
 
 
@@ -215,9 +214,7 @@ class ClusterSpec:
         """Validate every field; the messages name the field and the fix."""
         _check_name(self.name)
         if not isinstance(self.vm_size, str) or not self.vm_size.strip():
-            msg = (
-                "vm_size is required: pass a VM size such as 'Standard_DS3_v2' (`az ml compute list-sizes`)."
-            )
+            msg = "vm_size is required: pass a VM size such as 'Standard_DS3_v2' (`az ml compute list-sizes`)."
             raise ConfigurationError(msg, name="vm_size")
         check_scale(self.min_nodes, self.max_nodes, self.idle_seconds_before_scaledown)
         object.__setattr__(self, "vm_priority", _priority(self.vm_priority))
@@ -330,8 +327,7 @@ class ClusterSpec:
                     "identity",
                     str(self.identity) if self.identity else None,
                     str(actual_identity) if actual_identity else None,
-                    "cluster.add_identity(...) / cluster.remove_identity(...) (`aml-identity cluster "
-                    "add-identity`)",
+                    "cluster.add_identity(...) / cluster.remove_identity(...) (`aml-identity cluster add-identity`)",
                 )
             )
         subnet = ((props.get("subnet") or {}).get("id")) or None
@@ -402,9 +398,7 @@ def check_scale(min_nodes: object, max_nodes: object, idle_seconds_before_scaled
     _check_nodes(min_nodes, max_nodes)
     idle = idle_seconds_before_scaledown
     if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int) or idle < 0):
-        msg = (
-            f"idle_seconds_before_scaledown must be a whole number of seconds >= 0 (got {idle!r}), e.g. 1800."
-        )
+        msg = f"idle_seconds_before_scaledown must be a whole number of seconds >= 0 (got {idle!r}), e.g. 1800."
         raise ConfigurationError(msg, name="idle_seconds_before_scaledown")
 
 
@@ -420,9 +414,7 @@ def _check_nodes(min_nodes: object, max_nodes: object) -> None:
     if min_nodes < 0:
         raise ConfigurationError(f"min_nodes must be >= 0 (got {min_nodes}).", name="min_nodes")
     if max_nodes < min_nodes:
-        msg = (
-            f"max_nodes ({max_nodes}) must be >= min_nodes ({min_nodes}): raise max_nodes or lower min_nodes."
-        )
+        msg = f"max_nodes ({max_nodes}) must be >= min_nodes ({min_nodes}): raise max_nodes or lower min_nodes."
         raise ConfigurationError(msg, name="max_nodes")
 
 

@@ -180,9 +180,7 @@ class TestComputeRules:
             principal_id="22222222-2222-2222-2222-222222222222",
         )
         client = _client(arm)
-        system = _begin(
-            client, "PUT", f"{ws}/computes/sa", _body(identity={"type": "SystemAssigned"})
-        ).result()
+        system = _begin(client, "PUT", f"{ws}/computes/sa", _body(identity={"type": "SystemAssigned"})).result()
         assert system["identity"]["type"] == "SystemAssigned"
         assert len(system["identity"]["principalId"]) == 36
         user = _begin(
@@ -202,9 +200,7 @@ class TestComputeRules:
         }
 
     def test_unknown_user_assigned_identity_is_refused(self, arm, ws):
-        body = _body(
-            identity={"type": "UserAssigned", "userAssignedIdentities": {f"/subscriptions/{SUB}/x": {}}}
-        )
+        body = _body(identity={"type": "UserAssigned", "userAssignedIdentities": {f"/subscriptions/{SUB}/x": {}}})
         response = _send(_client(arm), "PUT", f"{ws}/computes/c1", body=body)
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "FailedIdentityOperation"
@@ -245,17 +241,13 @@ class TestComputeRules:
         arm.set_quota("eastus", family="standardDSv2Family", limit=2)
         response = _send(_client(arm), "PUT", f"{ws}/computes/c1", body=_body())
         assert response.status_code == 400
-        assert (
-            "Standard DSv2 Family Cluster Dedicated vCPUs quota of 2" in response.json()["error"]["message"]
-        )
+        assert "Standard DSv2 Family Cluster Dedicated vCPUs quota of 2" in response.json()["error"]["message"]
 
 
 class TestLocks:
     def test_resource_group_lock_keeps_the_cluster_resizing_0_to_0(self, arm, ws):
         client = _client(arm)
-        lock = arm.add_lock(
-            f"/subscriptions/{SUB}/resourceGroups/rg", "no-delete", "CanNotDelete", notes="keep"
-        )
+        lock = arm.add_lock(f"/subscriptions/{SUB}/resourceGroups/rg", "no-delete", "CanNotDelete", notes="keep")
         result = _begin(client, "PUT", f"{ws}/computes/c1", _body(min_nodes=1)).result()
         arm.advance(600)
         props = _send(client, "GET", f"{ws}/computes/c1").json()["properties"]["properties"]
@@ -283,17 +275,12 @@ class TestLocks:
         assert created.status_code == 201
         assert created.json()["properties"]["level"] == "ReadOnly"
         nsg = (
-            f"{group}/providers/Microsoft.Network/networkSecurityGroups/"
-            "abc-azurebatch-cloudservicenetworksecuritygroup"
+            f"{group}/providers/Microsoft.Network/networkSecurityGroups/abc-azurebatch-cloudservicenetworksecuritygroup"
         )
         arm.add_lock(nsg, "nsg-lock", "CanNotDelete")
-        listed = _send(
-            client, "GET", f"{group}/providers/Microsoft.Authorization/locks", api="2020-05-01"
-        ).json()
+        listed = _send(client, "GET", f"{group}/providers/Microsoft.Authorization/locks", api="2020-05-01").json()
         assert sorted(lock["name"] for lock in listed["value"]) == ["nsg-lock", "ro"]
-        at_sub = _send(
-            client, "GET", f"/subscriptions/{SUB}/providers/Microsoft.Authorization/locks", api="2020-05-01"
-        )
+        at_sub = _send(client, "GET", f"/subscriptions/{SUB}/providers/Microsoft.Authorization/locks", api="2020-05-01")
         assert len(at_sub.json()["value"]) == 2
 
     def test_a_lock_elsewhere_does_not_block(self, arm, ws):
@@ -357,16 +344,10 @@ class TestRoleAssignments:
             "a0000000-0000-0000-0000-000000000002",
             "a0000000-0000-0000-0000-000000000003",
         )
-        arm.add_role_assignment(
-            f"/subscriptions/{SUB}/resourceGroups/data", reader, "Storage Blob Data Reader"
-        )
+        arm.add_role_assignment(f"/subscriptions/{SUB}/resourceGroups/data", reader, "Storage Blob Data Reader")
         arm.add_role_assignment(f"/subscriptions/{SUB}", writer, CONTRIBUTOR)
-        container = (
-            f"/subscriptions/{SUB}/resourceGroups/data/providers/Microsoft.Storage/storageAccounts/acct"
-        )
-        arm.add_role_assignment(
-            f"{container}/blobServices/default/containers/train", scoped, "Storage Blob Data Owner"
-        )
+        container = f"/subscriptions/{SUB}/resourceGroups/data/providers/Microsoft.Storage/storageAccounts/acct"
+        arm.add_role_assignment(f"{container}/blobServices/default/containers/train", scoped, "Storage Blob Data Owner")
         assert arm.has_data_role(reader, "acct", "read")
         assert arm.has_data_role(reader, "ACCT", "list")
         assert not arm.has_data_role(reader, "acct", "write")
@@ -381,9 +362,7 @@ class TestOtherResources:
     def test_workspace_identity_datastores_sizes_usages(self, arm, ws):
         client = _client(arm)
         assert _send(client, "GET", ws).json()["location"] == "eastus"
-        uai = arm.add_user_assigned_identity(
-            SUB, "rg", "uai1", client_id="11111111-1111-1111-1111-111111111111"
-        )
+        uai = arm.add_user_assigned_identity(SUB, "rg", "uai1", client_id="11111111-1111-1111-1111-111111111111")
         assert _send(client, "GET", uai, api="2026-05-31").json()["properties"]["clientId"].startswith("1111")
         arm.add_datastore(ws, "training", account_name="acct", container_name="data", is_default=True)
         arm.add_datastore((SUB, "rg", "ws"), "other", account_name="acct2", container_name="c")
@@ -408,9 +387,7 @@ class TestOtherResources:
 
 class TestAuthentication:
     def test_missing_token(self, arm, ws):
-        response = requests.get(
-            f"{arm.endpoint}{ws}", params={"api-version": ML}, verify=str(arm.tls.cert), timeout=30
-        )
+        response = requests.get(f"{arm.endpoint}{ws}", params={"api-version": ML}, verify=str(arm.tls.cert), timeout=30)
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "AuthenticationFailed"
         assert response.headers["WWW-Authenticate"].startswith("Bearer authorization_uri=")

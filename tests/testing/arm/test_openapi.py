@@ -134,10 +134,7 @@ class TestSwaggerSemantics:
         body["tags"] = None
         assert specs.request_errors("Compute_CreateOrUpdate", body) == []
         body = _create(scaleSettings=None)  # not x-nullable
-        assert (
-            specs.request_errors("Compute_CreateOrUpdate", body)[0].path
-            == "$.properties.properties.scaleSettings"
-        )
+        assert specs.request_errors("Compute_CreateOrUpdate", body)[0].path == "$.properties.properties.scaleSettings"
 
     def test_inherited_model_is_closed_over_all_its_parts(self, specs):
         """additionalProperties: false on an allOf model allows the inherited properties, nothing else."""
@@ -154,15 +151,11 @@ class TestSwaggerSemantics:
         assert "declares no 201" in errors[0].message
 
     def test_error_responses_use_the_default_schema(self, specs):
-        assert (
-            specs.response_errors("Compute_Get", 404, {"error": {"code": "NotFound", "message": "m"}}) == []
-        )
+        assert specs.response_errors("Compute_Get", 404, {"error": {"code": "NotFound", "message": "m"}}) == []
         assert specs.response_errors("Compute_Get", 404, {"error": {"code": 404}})[0].path == "$.error.code"
 
     def test_operation_status_body(self, specs):
-        assert (
-            specs.operation_status_errors({"status": "InProgress", "startTime": "2026-01-01T00:00:00Z"}) == []
-        )
+        assert specs.operation_status_errors({"status": "InProgress", "startTime": "2026-01-01T00:00:00Z"}) == []
         assert specs.operation_status_errors({"startTime": "yesterday"})
 
 

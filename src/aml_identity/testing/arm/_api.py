@@ -57,10 +57,7 @@ _API = {
 }
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
-_WS = (
-    _SUB
-    + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)"
-)
+_WS = _SUB + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)"
 _LOC = _SUB + r"/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)"
 _SCOPE = r"(?P<scope>/subscriptions/.+?)"
 _ROLES = r"/providers/Microsoft\.Authorization/roleAssignments"
@@ -264,9 +261,7 @@ class ArmApi:
                 if route.method == method:
                     return route, {k: v for k, v in match.groupdict().items() if v is not None}
         if known_path:
-            raise ArmError(
-                405, "MethodNotAllowed", f"The aml-identity ARM emulator does not serve {method} {path}."
-            )
+            raise ArmError(405, "MethodNotAllowed", f"The aml-identity ARM emulator does not serve {method} {path}.")
         raise ArmError(
             404,
             "InvalidResourceType",
@@ -327,9 +322,7 @@ class ArmApi:
     def _unauthorized(self, code: str, message: str) -> None:
         raise _UnauthorizedError(code, message, self.state.tenant_id)
 
-    def _async_headers(
-        self, op_id: str, subscription: str, location: str, *, with_location: bool
-    ) -> dict[str, str]:
+    def _async_headers(self, op_id: str, subscription: str, location: str, *, with_location: bool) -> dict[str, str]:
         base = (
             f"{self._endpoint()}/subscriptions/{subscription}/providers/Microsoft.MachineLearningServices/"
             f"locations/{location}"
@@ -377,9 +370,7 @@ class ArmApi:
         workspace = self._workspace(p)
         prefix = f"{workspace['id']}/computes/".lower()
         computes = [c for key, c in list(self.state.computes.items()) if key.startswith(prefix)]
-        return Response(
-            200, {"value": [self.state.compute_body(c) for c in computes if self.state.evolve(c)]}
-        )
+        return Response(200, {"value": [self.state.compute_body(c) for c in computes if self.state.evolve(c)]})
 
     def _get_compute(self, _request: Request, p: Mapping[str, str]) -> Response:
         compute = self._compute(p)
@@ -450,9 +441,7 @@ class ArmApi:
         if compute.busy_until is not None:
             raise _busy(compute)
         op = self.state.begin(compute, "Deleting", DELETE_SECONDS, "delete")
-        return Response(
-            202, None, self._async_headers(op.id, op.subscription, op.location, with_location=True)
-        )
+        return Response(202, None, self._async_headers(op.id, op.subscription, op.location, with_location=True))
 
     def _operation(self, p: Mapping[str, str]) -> Any:
         self.state.evolve_all()
@@ -465,9 +454,7 @@ class ArmApi:
         op = self._operation(p)
         body = self.state.operation_status(op)
         errors = self.specs.operation_status_errors(body)
-        headers = (
-            {"Retry-After": _retry_after_text(self.retry_after)} if body["status"] == "InProgress" else {}
-        )
+        headers = {"Retry-After": _retry_after_text(self.retry_after)} if body["status"] == "InProgress" else {}
         response = Response(200, body, headers)
         if errors:
             self._violation("async-operation status", errors, response)
@@ -661,8 +648,7 @@ class ArmApi:
                 raise ArmError(
                     409,
                     "RoleAssignmentExists",
-                    "The role assignment already exists. The ID of the existing role assignment is "
-                    f"{other['name']}.",
+                    f"The role assignment already exists. The ID of the existing role assignment is {other['name']}.",
                 )
         return Response(201, self.state.add_role_assignment(scope, name, role, principal, principal_type))
 

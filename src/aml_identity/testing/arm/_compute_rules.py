@@ -30,8 +30,7 @@ def check_scale(scale: Mapping[str, Any]) -> None:
         raise ArmError(
             400,
             "InvalidScaleSettings",
-            f"Invalid scale settings: minNodeCount ({minimum}) must be between 0 and maxNodeCount "
-            f"({maximum}).",
+            f"Invalid scale settings: minNodeCount ({minimum}) must be between 0 and maxNodeCount ({maximum}).",
             target="properties.properties.scaleSettings",
         )
 
@@ -45,9 +44,7 @@ def _remote_login(value: Any, subnet: Any) -> str:
     return str(resolved)
 
 
-def _identity(
-    state: ArmState, body: Any, existing: Compute | None
-) -> tuple[dict[str, Any], tuple[str, str] | None]:
+def _identity(state: ArmState, body: Any, existing: Compute | None) -> tuple[dict[str, Any], tuple[str, str] | None]:
     if not body:
         return {"type": "None"}, None
     kind = _canonical(body.get("type"), _IDENTITY_TYPES)
@@ -80,8 +77,7 @@ def _identity(
                 raise ArmError(
                     400,
                     "FailedIdentityOperation",
-                    f"Identity operation failed: the user-assigned identity '{key}' does not exist "
-                    "(NotFound).",
+                    f"Identity operation failed: the user-assigned identity '{key}' does not exist (NotFound).",
                     target="identity.userAssignedIdentities",
                 )
             keys.append(record["body"]["id"])
@@ -117,9 +113,7 @@ def _check_quota(state: ArmState, subscription: str, location: str, props: Mappi
 def _aml_properties(aml_in: dict[str, Any]) -> dict[str, Any]:
     """The AmlCompute properties to keep from a request: canonical casing, defaults, no secrets."""
     if not aml_in.get("vmSize"):
-        raise ArmError(
-            400, "BadRequest", "properties.properties.vmSize is required.", target="properties.properties"
-        )
+        raise ArmError(400, "BadRequest", "properties.properties.vmSize is required.", target="properties.properties")
     scale = dict(aml_in.get("scaleSettings") or {})
     scale.setdefault("minNodeCount", 0)
     scale.setdefault("nodeIdleTimeBeforeScaleDown", _DEFAULT_IDLE)
@@ -130,9 +124,7 @@ def _aml_properties(aml_in: dict[str, Any]) -> dict[str, Any]:
         "vmPriority": _canonical(aml_in.get("vmPriority") or "Dedicated", ("Dedicated", "LowPriority")),
         "isolatedNetwork": bool(aml_in.get("isolatedNetwork", False)),
         "scaleSettings": scale,
-        "remoteLoginPortPublicAccess": _remote_login(
-            aml_in.get("remoteLoginPortPublicAccess"), aml_in.get("subnet")
-        ),
+        "remoteLoginPortPublicAccess": _remote_login(aml_in.get("remoteLoginPortPublicAccess"), aml_in.get("subnet")),
         "enableNodePublicIp": aml_in.get("enableNodePublicIp", True),
     }
     for key in ("subnet", "virtualMachineImage", "propertyBag"):
@@ -158,8 +150,7 @@ def accept_compute(
         raise ArmError(
             400,
             "BadRequest",
-            "The aml-identity ARM emulator models AmlCompute clusters only, not "
-            f"{props_in.get('computeType')!r}.",
+            f"The aml-identity ARM emulator models AmlCompute clusters only, not {props_in.get('computeType')!r}.",
             target="properties.computeType",
         )
     aml = _aml_properties(copy.deepcopy(props_in.get("properties") or {}))

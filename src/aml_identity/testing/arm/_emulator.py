@@ -465,9 +465,7 @@ class ArmEmulator:
         ws_id = workspace if isinstance(workspace, str) else workspace_id(*workspace)
         parsed = ArmId.parse(ws_id)
         if parsed is None or ws_id.lower() not in self._state.workspaces:
-            raise ConfigurationError(
-                f"No workspace {ws_id!r} in the emulator; add it first with add_workspace()."
-            )
+            raise ConfigurationError(f"No workspace {ws_id!r} in the emulator; add it first with add_workspace().")
         store_id = f"{ws_id}/datastores/{name}"
         body = {
             "id": store_id,
@@ -496,9 +494,7 @@ class ArmEmulator:
     def add_lock(self, scope: str, name: str, level: str, *, notes: str | None = None) -> str:
         """Add a lock (``CanNotDelete``, ``ReadOnly`` or ``NotSpecified``) at ``scope``; return its id."""
         if ArmId.parse(scope) is None:
-            raise ConfigurationError(
-                f"{scope!r} is not a subscription, resource group or resource id.", name="scope"
-            )
+            raise ConfigurationError(f"{scope!r} is not a subscription, resource group or resource id.", name="scope")
         with self._state.lock:
             return str(self._state.add_lock(scope, name, level, notes)["id"])
 
@@ -525,12 +521,8 @@ class ArmEmulator:
         guid = _role_guid(role)
         parsed = ArmId.parse(scope)
         if parsed is None:
-            raise ConfigurationError(
-                f"{scope!r} is not a subscription, resource group or resource id.", name="scope"
-            )
-        definition = (
-            f"/subscriptions/{parsed.subscription}/providers/Microsoft.Authorization/roleDefinitions/{guid}"
-        )
+            raise ConfigurationError(f"{scope!r} is not a subscription, resource group or resource id.", name="scope")
+        definition = f"/subscriptions/{parsed.subscription}/providers/Microsoft.Authorization/roleDefinitions/{guid}"
         with self._state.lock:
             record = self._state.add_role_assignment(
                 scope, name or str(uuid.uuid4()), definition, principal_id, principal_type
@@ -587,9 +579,7 @@ class ArmEmulator:
                 return None
             return self._state.compute_body(compute)
 
-    def role_assignments(
-        self, *, principal_id: str | None = None, scope: str | None = None
-    ) -> list[dict[str, Any]]:
+    def role_assignments(self, *, principal_id: str | None = None, scope: str | None = None) -> list[dict[str, Any]]:
         """Role assignments, optionally for one principal and/or exactly at one scope."""
         with self._state.lock:
             found = list(self._state.role_assignments.values())

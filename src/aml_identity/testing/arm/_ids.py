@@ -75,8 +75,7 @@ def storage_account_id(subscription_id: str, resource_group: str, name: str) -> 
 def registry_id(subscription_id: str, resource_group: str, name: str) -> str:
     """Return a container registry's ARM id."""
     return (
-        f"{resource_group_id(subscription_id, resource_group)}/providers/Microsoft.ContainerRegistry/"
-        f"registries/{name}"
+        f"{resource_group_id(subscription_id, resource_group)}/providers/Microsoft.ContainerRegistry/registries/{name}"
     )
 
 

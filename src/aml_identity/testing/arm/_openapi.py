@@ -55,10 +55,7 @@ __all__ = [
 
 # The entry documents the emulator answers for, relative to the specs folder. Every other file they
 # reference (common types, registries, private links...) is loaded from the same tree.
-_ML = (
-    "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/stable/"
-    "2025-12-01"
-)
+_ML = "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/stable/2025-12-01"
 SPEC_ENTRY_FILES: Mapping[str, str] = {
     "compute": f"{_ML}/machineLearningServices.json",
     "workspaces": f"{_ML}/workspaceRP.json",
@@ -74,9 +71,7 @@ SPEC_ENTRY_FILES: Mapping[str, str] = {
     ),
 }
 # ARM's async-operation status body is not an operation of any spec; common-types v3 defines it.
-_OPERATION_STATUS = (
-    "specification/common-types/resource-management/v3/types.json#/definitions/OperationStatusResult"
-)
+_OPERATION_STATUS = "specification/common-types/resource-management/v3/types.json#/definitions/OperationStatusResult"
 _ENV_SPECS_DIR = "AML_IDENTITY_SPECS_DIR"
 # Suffix of the in-memory "base view" of a definition: what a derived model inherits through allOf.
 _BASE_VIEW = "__aml_base"
@@ -151,9 +146,7 @@ class Example:
     responses: Mapping[str, Any] = field(default_factory=dict)
 
 
-def find_specs_dir(
-    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
-) -> Path:
+def find_specs_dir(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Path:
     """Locate the folder holding the official specs (the one with ``specification/`` in it).
 
     Looks at ``explicit``, then ``$AML_IDENTITY_SPECS_DIR``, then a ``shared/specs`` folder beside or above
@@ -246,9 +239,7 @@ def _required_in_request(
             yield ValidationError(f"{name!r} is a required property")
 
 
-def _dispatch(
-    validator: Any, spec: Any, instance: Any, _schema: Mapping[str, Any]
-) -> Iterator[ValidationError]:
+def _dispatch(validator: Any, spec: Any, instance: Any, _schema: Mapping[str, Any]) -> Iterator[ValidationError]:
     """Validate a polymorphic value against the subtype its discriminator names."""
     prop = spec["property"]
     value = instance.get(prop) if isinstance(instance, dict) else None
@@ -258,16 +249,12 @@ def _dispatch(
         return
     target = spec["choices"].get(value.lower())
     if target is None:
-        yield ValidationError(
-            f"{value!r} is not a known {prop}; expected one of {spec['values']}", path=(prop,)
-        )
+        yield ValidationError(f"{value!r} is not a known {prop}; expected one of {spec['values']}", path=(prop,))
         return
     yield from validator.descend(instance, {"$ref": target})
 
 
-def _closed(
-    _validator: Any, allowed: Any, instance: Any, _schema: Mapping[str, Any]
-) -> Iterator[ValidationError]:
+def _closed(_validator: Any, allowed: Any, instance: Any, _schema: Mapping[str, Any]) -> Iterator[ValidationError]:
     """``additionalProperties: false`` over the whole inherited model."""
     if not isinstance(instance, dict):
         return
@@ -449,9 +436,7 @@ class _Documents:
         for uri, name, definition in self._definitions():
             for member in definition.get("allOf") or ():
                 ref = member.get("$ref", "") if isinstance(member, dict) else ""
-                parent = (
-                    self._definition_key(uri, ref[: -len(_BASE_VIEW)]) if ref.endswith(_BASE_VIEW) else None
-                )
+                parent = self._definition_key(uri, ref[: -len(_BASE_VIEW)]) if ref.endswith(_BASE_VIEW) else None
                 if parent:
                     value = definition.get("x-ms-discriminator-value", name)
                     children.setdefault(parent, []).append((uri, name, value))
@@ -483,9 +468,7 @@ class _Documents:
                     "values": sorted(values),
                 }
             }
-            dispatch.update(
-                {k: definition[k] for k in ("description", "x-nullable", "readOnly") if k in definition}
-            )
+            dispatch.update({k: definition[k] for k in ("description", "x-nullable", "readOnly") if k in definition})
             self.docs[uri]["definitions"][name] = dispatch
 
 
@@ -643,17 +626,11 @@ class ArmSpecs:
         key = str(status)
         if key not in op.responses:
             if 200 <= status < 300:  # noqa: PLR2004 - success statuses must be declared
-                return [
-                    SpecError("$", f"{operation_id} declares no {status} response ({sorted(op.responses)})")
-                ]
+                return [SpecError("$", f"{operation_id} declares no {status} response ({sorted(op.responses)})")]
             key = "default"
         ref = op.responses.get(key)
         if ref is None:
-            return (
-                []
-                if body in (None, b"", "")
-                else [SpecError("$", f"a {status} of {operation_id} has no body")]
-            )
+            return [] if body in (None, b"", "") else [SpecError("$", f"a {status} of {operation_id} has no body")]
         if body is None:
             return [SpecError("$", f"a {status} of {operation_id} needs a JSON body")]
         return self._errors(ref, body, request=False)

@@ -290,9 +290,7 @@ class ArmState:
         subnet = ((compute.props.get("subnet") or {}).get("id")) or ""
         subnet_id = ArmId.parse(subnet)
         if subnet_id is not None and subnet_id.resource_group:
-            groups.add(
-                f"/subscriptions/{subnet_id.subscription}/resourcegroups/{subnet_id.resource_group}".lower()
-            )
+            groups.add(f"/subscriptions/{subnet_id.subscription}/resourcegroups/{subnet_id.resource_group}".lower())
         blocking = []
         for lock in self.locks.values():
             if lock["level"].lower() not in BLOCKING_LOCK_LEVELS:
@@ -357,11 +355,7 @@ class ArmState:
     def evolve(self, compute: Compute) -> bool:
         """Bring ``compute`` up to the current emulated time; return False when it has been deleted."""
         now = self.now()
-        if (
-            compute.busy_until is not None
-            and now >= compute.busy_until
-            and not self._finish_operation(compute)
-        ):
+        if compute.busy_until is not None and now >= compute.busy_until and not self._finish_operation(compute):
             return False
         if compute.provisioning_state != "Succeeded" or compute.busy_until is not None:
             return True
@@ -550,9 +544,7 @@ class ArmState:
     def add_lock(self, scope: str, name: str, level: str, notes: str | None) -> dict[str, Any]:
         """Record a management lock (validated by the caller) and return it."""
         if notes is not None and len(notes) > _LOCK_NOTES_MAX:
-            raise ArmError(
-                400, "LockNotesTooLong", f"Lock notes can have at most {_LOCK_NOTES_MAX} characters."
-            )
+            raise ArmError(400, "LockNotesTooLong", f"Lock notes can have at most {_LOCK_NOTES_MAX} characters.")
         self.evolve_all()
         scope = scope.rstrip("/")
         lock_id = f"{scope}/providers/Microsoft.Authorization/locks/{name}"
