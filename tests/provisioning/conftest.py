@@ -41,6 +41,15 @@ def arm(aml_tls):
 
 
 @pytest.fixture
+def paged_arm(aml_tls):
+    """An emulator that splits every list into pages of one item (``nextLink`` after each)."""
+    with ArmEmulator(tls=aml_tls, page_size=1) as emulator:
+        emulator.seeded = Seeded(emulator)
+        yield emulator
+        assert emulator.rejected_requests == []
+
+
+@pytest.fixture
 def seeded(arm) -> Seeded:
     return arm.seeded
 

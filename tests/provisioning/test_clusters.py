@@ -22,6 +22,7 @@ from aml_identity.provisioning import (
     UserAssigned,
     Workspace,
 )
+from aml_identity.testing import EmulatedIdentity, IdentityEndpoint
 from aml_identity.testing.arm import ArmEmulator
 
 PUT, PATCH, GET = "Compute_CreateOrUpdate", "Compute_Update", "Compute_Get"
@@ -74,6 +75,13 @@ class TestCreate:
         ws.clusters.create(spec()).wait_for_completion()
         ws.clusters.create(spec(name="cpu2")).wait_for_completion()
         assert sorted(c.name for c in ws.clusters.list()) == ["cpu", "cpu2"]
+
+    def test_list_reads_every_page(self, paged_arm, make_workspace):
+        ws = make_workspace(paged_arm)
+        for name in ("cpu1", "cpu2", "cpu3"):
+            ws.clusters.create(spec(name=name)).wait_for_completion()
+        assert sorted(c.name for c in ws.clusters.list()) == ["cpu1", "cpu2", "cpu3"]
+        assert len(paged_arm.requests_for("Compute_List")) == 3
 
     def test_min_nodes_warning_on_create(self, ws):
         with pytest.warns(ProvisioningWarning, match="billed even while idle"):
@@ -328,6 +336,26 @@ class TestWorkspaces:
                 environ={"AZUREML_ARM_SUBSCRIPTION": seeded.sub, "AZUREML_ARM_RESOURCEGROUP": "r"}
             )
         assert "Workspace.from_config()" in str(raised.value)
+
+    def test_from_job_environment_uses_the_job_identity(self, arm, seeded, tmp_path, monkeypatch):
+        identity = EmulatedIdentity.user("job-identity")
+        with IdentityEndpoint(identities=[identity]) as endpoint:
+            environ = {
+                **endpoint.azureml_environ(identity),
+                "AZUREML_ARM_SUBSCRIPTION": seeded.sub,
+                "AZUREML_ARM_RESOURCEGROUP": seeded.rg,
+                "AZUREML_ARM_WORKSPACE_NAME": seeded.ws_name,
+                "AML_IDENTITY_ARM_ENDPOINT": arm.endpoint,
+                "AML_IDENTITY_CACHE_DIR": str(tmp_path / "cache"),
+                "REQUESTS_CA_BUNDLE": str(arm.tls.cert),
+            }
+            for name, value in environ.items():  # as a job sees them: msal reads the process environment
+                monkeypatch.setenv(name, value)
+            ws = Workspace.from_job_environment()
+            assert ws.location == "eastus"
+            (token_request,) = endpoint.requests
+        assert token_request.identity == identity
+        assert token_request.params["resource"] == "https://management.azure.com"
 
     def test_names_are_validated(self):
         with pytest.raises(ConfigurationError, match="subscription_id 'my-sub' is not a GUID"):

@@ -90,3 +90,14 @@ class TestLocks:
         assert data["stuckResizing"] is True
         assert data["blockingLocks"][0]["name"] == "protect-rg"
         assert data["ok"] is False
+
+
+def test_every_page_of_locks_is_read(paged_arm, make_workspace):
+    seeded = paged_arm.seeded
+    paged_arm.add_lock(f"/subscriptions/{seeded.sub}/resourceGroups/other-rg", "elsewhere", "CanNotDelete")
+    paged_arm.add_lock(f"/subscriptions/{seeded.sub}", "sub-lock", "ReadOnly")
+    paged_arm.add_lock(seeded.group, "rg-lock", "CanNotDelete")
+    report = diagnose(stuck_cluster(make_workspace(paged_arm)))
+    assert sorted(lock.name for lock in report.locks) == ["rg-lock", "sub-lock"]
+    pages = [r for r in paged_arm.requests if r.path.endswith("/locks") and "$skiptoken" in r.query]
+    assert pages  # the lists came in several pages

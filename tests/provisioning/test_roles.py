@@ -69,6 +69,11 @@ class TestWhatIsGranted:
         ]
         assert arm.has_data_role(cluster.principal_id, seeded.account_name, "write")
 
+    def test_another_credential_for_a_cluster_keeps_the_workspace_endpoint(self, arm, ws, seeded):
+        cluster = cluster_with(ws, SystemAssigned())
+        grants = grant_data_access(cluster, seeded.account, credential=arm.credential(), acr_pull=False)
+        assert [g.created for g in grants] == [True]
+
     def test_principal_id_with_an_explicit_registry(self, arm, seeded):
         principal = "33333333-3333-4333-8333-333333333333"
         grants = grant_data_access(

@@ -76,12 +76,11 @@ def _vm_size(arm: ArmClient, subscription_id: str, location: str, spec: ClusterS
 
 
 def _quota_lines(arm: ArmClient, subscription_id: str, location: str) -> dict[str, QuotaLine]:
-    usages = arm.call(
-        "GET",
+    usages = arm.list_all(
         _location_path(subscription_id, location, "usages"),
         api_version=COMPUTE_API_VERSION,
         what=f"reading the core quota of {location}",
-    ).body.get("value", [])
+    )
     lines: dict[str, QuotaLine] = {}
     for usage in usages:
         kind = str(usage.get("type", ""))

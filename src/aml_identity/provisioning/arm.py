@@ -52,8 +52,8 @@ ARM_SCOPE = f"{DEFAULT_ARM_ENDPOINT}/.default"
 RETRY_TOTAL = 5
 # Seconds between polls of a long-running operation when ARM sends no Retry-After (azure-mgmt-core's default).
 DEFAULT_POLL_INTERVAL_S = 30.0
-# HTTP statuses at and above this are errors.
-_FIRST_ERROR_STATUS = 400
+# A list that keeps paging past this many pages is a loop, not data (ARM pages hold 100s of items).
+MAX_PAGES = 1000
 
 
 class _Transport(RequestsTransport):  # type: ignore[misc]  # azure-core types it as Any
@@ -315,6 +315,35 @@ class ArmClient:
         if response.status not in ok:
             raise self.error(response, what)
         return response
+
+    def list_all(self, path: str, *, api_version: str, what: str, params: Mapping[str, str] | None = None) -> list[Any]:
+        """GET a list and every further page its ``nextLink`` points to; return all the ``value`` items.
+
+        Raises:
+            ProvisioningError: A page was refused, or the list does not end.
+        """
+        response = self.call("GET", path, api_version=api_version, what=what, params=params, ok=(200,))
+        items = list((response.body or {}).get("value") or [])
+        next_link = (response.body or {}).get("nextLink")
+        pages = 1
+        while next_link:
+            if pages >= MAX_PAGES:
+                msg = f"{what}: ARM kept returning more pages (over {MAX_PAGES}); giving up."
+                raise ProvisioningError(msg)
+            check_outbound_url(next_link, self.env, what="Azure Resource Manager endpoint")
+            page = self._pipeline.run(HttpRequest("GET", next_link)).http_response  # the link carries its query
+            body = _parse_body(page)
+            if page.status_code != 200:  # noqa: PLR2004 - HTTP status
+                arm_response = ArmResponse(page.status_code, dict(page.headers), body, self._pipeline_response(page))
+                raise self.error(arm_response, what)
+            items.extend((body or {}).get("value") or [])
+            next_link = (body or {}).get("nextLink")
+            pages += 1
+        return items
+
+    @staticmethod
+    def _pipeline_response(response: Any) -> Any:
+        return PipelineResponse(response.request, response, None)  # type: ignore[arg-type]
 
     def error(self, response: ArmResponse, what: str) -> ProvisioningError:
         """The :class:`ProvisioningError` for a refused request, with ARM's code and message."""

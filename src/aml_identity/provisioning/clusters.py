@@ -299,6 +299,12 @@ class Workspace:
             )
         return self._arm
 
+    def arm_client(self, credential: TokenCredential) -> ArmClient:
+        """An ARM client with another credential and this workspace's endpoint, TLS and sleep settings."""
+        return ArmClient(
+            credential, environ=self._environ, connection_verify=self._connection_verify, sleep=self._sleep
+        )
+
     def get_details(self, *, refresh: bool = False) -> dict[str, Any]:
         """The workspace's ARM body (GET, cached)."""
         if self._details is None or refresh:
@@ -382,16 +388,12 @@ class ClusterCollection:
 
     def list(self) -> list[Cluster]:
         """Every compute of the workspace that is an AmlCompute cluster."""
-        response = self.workspace.arm.call(
-            "GET",
-            f"{self.workspace.id}/computes",
-            api_version=COMPUTE_API_VERSION,
-            what="listing clusters",
-            ok=(200,),
+        items = self.workspace.arm.list_all(
+            f"{self.workspace.id}/computes", api_version=COMPUTE_API_VERSION, what="listing clusters"
         )
         return [
             Cluster(self.workspace, item)
-            for item in response.body.get("value", [])
+            for item in items
             if (item.get("properties") or {}).get("computeType") == "AmlCompute"
         ]
 

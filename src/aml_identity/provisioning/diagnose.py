@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from aml_identity.errors import ProvisioningError
+
 if TYPE_CHECKING:
     from aml_identity.provisioning.clusters import Cluster, ClusterStatus
 
@@ -167,15 +169,17 @@ def diagnose(cluster: Cluster) -> DiagnosisReport:
     checked: list[str] = []
     unchecked: list[str] = []
     for scope in scopes:
-        response = workspace.arm.send(
-            "GET", f"{scope}/providers/Microsoft.Authorization/locks", api_version=LOCKS_API_VERSION
-        )
-        if response.status != 200:  # noqa: PLR2004 - HTTP status
-            reason = f"{response.error_code() or response.status}: {response.error_message()}"
-            unchecked.append(f"{scope} ({reason}; listing locks needs Microsoft.Authorization/locks/read)")
+        try:
+            locks = workspace.arm.list_all(
+                f"{scope}/providers/Microsoft.Authorization/locks",
+                api_version=LOCKS_API_VERSION,
+                what=f"listing the locks of {scope}",
+            )
+        except ProvisioningError as error:
+            unchecked.append(f"{scope}: {error} (listing locks needs Microsoft.Authorization/locks/read)")
             continue
         checked.append(scope)
-        for lock in response.body.get("value", []):
+        for lock in locks:
             level = str((lock.get("properties") or {}).get("level") or "")
             lock_id = str(lock.get("id") or "")
             where = _classify(_lock_scope(lock_id), subscription, labels)

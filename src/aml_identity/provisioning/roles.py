@@ -195,7 +195,7 @@ def grant_data_access(
                 "--system-assigned`)."
             )
             raise ConfigurationError(msg, name="principal")
-        arm = cluster.workspace.arm if credential is None else ArmClient(credential, environ=environ)
+        arm = cluster.workspace.arm if credential is None else cluster.workspace.arm_client(credential)
         if registry is None and acr_pull:
             registry = cluster.workspace.container_registry
     else:
