@@ -32,6 +32,13 @@ class TestValidation:
     def test_valid_cluster_names(self, name):
         assert spec(name=name).name == name
 
+    def test_specs_are_values(self):
+        first, second = spec(tags={"team": "ml"}), spec(tags={"team": "ml"})
+        assert first == second
+        assert hash(first) == hash(second)
+        with pytest.raises(TypeError):
+            first.tags["team"] = "other"  # frozen, tags included
+
     def test_reserved_name(self):
         with pytest.raises(ConfigurationError, match="reserved"):
             spec(name="AmlCompute")

@@ -254,10 +254,7 @@ def _ensure(args: argparse.Namespace) -> int:
     spec = _spec(args)
     with _warnings_to_stderr():
         cluster = _workspace(args).clusters.ensure(spec, preflight=not args.no_preflight)
-    drift = cluster.drift
-    code = _finish(args, cluster)
-    cluster.drift = drift
-    return code
+    return _finish(args, cluster)
 
 
 _show = _with_cluster(lambda _args, cluster: cluster)

@@ -56,7 +56,8 @@ def _vm_size(arm: ArmClient, subscription_id: str, location: str, spec: ClusterS
         _location_path(subscription_id, location, "vmSizes"),
         api_version=COMPUTE_API_VERSION,
         what=f"listing the VM sizes of {location}",
-    ).body.get("value", [])
+    ).body
+    sizes = (sizes or {}).get("value") or []
     by_name = {str(size.get("name", "")).lower(): size for size in sizes}
     size = by_name.get(spec.vm_size.lower())
     if size is None:

@@ -204,7 +204,7 @@ class ClusterSpec:
     idle_seconds_before_scaledown: int = DEFAULT_IDLE_SECONDS
     identity: SystemAssigned | UserAssigned | None = None
     location: str | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict, hash=False)
     description: str | None = None
     remote_login_port_public_access: str = "NotSpecified"
     subnet: str | None = None
