@@ -341,3 +341,31 @@ class TestForkSafety:
         assert cached and forced and cached != forced  # cached token, then a fresh fetch on the child's own socket
         assert child.exitcode == 0
         assert aml.request_count == 2
+
+
+class TestOffAzure:
+    """Off Azure, IMDS's default address has nothing listening: say 'unavailable' at once, don't retry 90 s."""
+
+    @staticmethod
+    def fetcher(environ):
+        from aml_identity._environment import JobEnvironment
+        from aml_identity._fetch import MsalFetcher
+        from aml_identity.identity import default_identity
+
+        env = JobEnvironment.from_environ(environ)
+        return MsalFetcher(default_identity(environ=env), env, policy=RetryPolicy(), clock=FakeClock(), sleep=None)
+
+    def test_a_refused_connection_to_default_imds_means_no_identity_here(self):
+        import requests
+
+        fetcher = self.fetcher({})
+        assert fetcher.identity.endpoint == "http://169.254.169.254/metadata/identity/oauth2/token"
+        assert fetcher.unavailable_if_silent(requests.ConnectionError("refused"))
+        assert fetcher.unavailable_if_silent(requests.ConnectTimeout("no route"))
+        assert not fetcher.unavailable_if_silent(requests.ReadTimeout("slow"))  # it answered: retry
+
+    def test_a_configured_endpoint_is_retried(self):
+        import requests
+
+        fetcher = self.fetcher({"AZURE_POD_IDENTITY_AUTHORITY_HOST": "http://127.0.0.1:9"})
+        assert not fetcher.unavailable_if_silent(requests.ConnectionError("refused"))

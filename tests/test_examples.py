@@ -41,7 +41,9 @@ def test_there_are_examples():
 @pytest.mark.azurite
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs_as_documented(example):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MSI_", "AML_IDENTITY_"))}
+    # The job environment comes from the sandbox; where Azurite and the specs are installed stays the caller's.
+    keep = ("AML_IDENTITY_AZURITE", "AML_IDENTITY_SPECS_DIR")
+    environ = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("MSI_", "AML_IDENTITY_"))}
     environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, environ.get("PYTHONPATH")) if p)
     result = subprocess.run(
         documented_command(example), cwd=ROOT, env=environ, capture_output=True, text=True, timeout=600, check=False

@@ -144,8 +144,8 @@ class JobEnvironment:
     local_rank: int | None = None
     ca_bundle: str | None = None
     run_id: str | None = None
-    specs_dir: str | None = None
     from_process: bool = field(default=False, compare=False)
+    specs_dir: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
@@ -214,8 +214,8 @@ class JobEnvironment:
             local_rank=local_rank,
             ca_bundle=_get(env, "REQUESTS_CA_BUNDLE") or _get(env, "CURL_CA_BUNDLE"),
             run_id=_get(env, "AZUREML_RUN_ID"),
-            specs_dir=_get(env, "AML_IDENTITY_SPECS_DIR"),
             from_process=env is os.environ,
+            specs_dir=_get(env, "AML_IDENTITY_SPECS_DIR"),
         )
 
 

@@ -213,7 +213,7 @@ class _Exchange:
     def _no_response(self, error: Exception | None, attempts: int, elapsed: float, *, exhausted: bool) -> Exception:
         f = self._f
         reason = "timed out" if isinstance(error, requests.Timeout) else "refused or dropped the connection"
-        if not exhausted and f.identity.source == "imds" and f.identity.selected_by != "argument":
+        if not exhausted and error is not None and f.unavailable_if_silent(error):
             return IdentityUnavailableError(
                 f"No managed identity endpoint answered at {f.identity.endpoint} ({reason}): this does not look like "
                 "an Azure VM or Azure ML compute. Off Azure, use azure.identity.AzureCliCredential or another "
@@ -401,8 +401,18 @@ class MsalFetcher(Fetcher):
         return _SESSION.get(self.env.ca_bundle)
 
     def unavailable_if_silent(self, exc: Exception) -> bool:
-        """IMDS reached by default (no identity variables at all) and silent: not on Azure, say so at once."""
-        return self.identity.source == "imds" and self.identity.selected_by != "argument" and _is_transient(exc)
+        """Whether a first-attempt failure means "no managed identity here" rather than "retry".
+
+        Only for IMDS at its default address (no identity variable at all) when the connection itself failed:
+        every Azure VM answers there, so nothing listening means this is not one. A configured endpoint, or one
+        that accepted the connection and is slow, is retried as Microsoft advises.
+        """
+        return (
+            self.identity.source == "imds"
+            and self.env.pod_identity_authority_host is None
+            and self.identity.selected_by != "argument"
+            and isinstance(exc, requests.ConnectionError)
+        )
 
     def _check_process_environment(self) -> None:
         if self.env.from_process:

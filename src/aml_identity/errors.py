@@ -36,6 +36,7 @@ __all__ = [
     "IdentityUnavailableError",
     "OperationFailedError",
     "ProvisioningError",
+    "ProvisioningTimeoutError",
     "QuotaExceededError",
     "TokenRequestError",
     "TransferError",
@@ -313,3 +314,7 @@ class QuotaExceededError(ProvisioningError):
 
 class OperationFailedError(ProvisioningError):
     """A long-running ARM operation ended ``Failed`` or ``Canceled``; carries the service's code and message."""
+
+
+class ProvisioningTimeoutError(ProvisioningError, TimeoutError):
+    """A cluster did not reach the state waited for in time; the message says where it stopped and what to check."""

@@ -35,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sandbox.add_argument(
         "--token-lifetime", type=int, default=86_400, metavar="SECONDS", help="lifetime of minted tokens"
     )
+    sandbox.add_argument(
+        "--arm",
+        action="store_true",
+        help="also run the ARM emulator (workspace, datastores, identity uai-sandbox; needs the official specs)",
+    )
     sandbox.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the job to run")
     sandbox.set_defaults(handler=_sandbox)
 
@@ -49,7 +54,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     if args.token_lifetime <= 0:
         raise ConfigurationError("--token-lifetime must be a positive number of seconds.", name="--token-lifetime")
     seeds = [DatastoreSeed.parse(text) for text in args.datastore]
-    with Sandbox(identity=args.identity, datastores=seeds, token_lifetime=args.token_lifetime) as sandbox:
+    with Sandbox(identity=args.identity, datastores=seeds, token_lifetime=args.token_lifetime, arm=args.arm) as sandbox:
         print(
             f"aml-identity sandbox: {sandbox.identity.kind}-assigned identity {sandbox.identity.client_id}, "
             f"identity endpoint {sandbox.endpoint.url}, Azurite {sandbox.azurite.blob_endpoint()}",

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aml_identity.errors import ConfigurationError
 from aml_identity.testing._identities import (
@@ -35,6 +35,9 @@ from aml_identity.testing._identities import (
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
 from aml_identity.testing.azurite import DEVSTORE_ACCOUNT, Azurite
 from aml_identity.testing.identity_endpoint import IdentityEndpoint
+
+if TYPE_CHECKING:
+    from aml_identity.testing.arm import ArmEmulator
 
 __all__ = ["DatastoreSeed", "Sandbox"]
 
@@ -57,6 +60,14 @@ else:
 # Azure's container-name rule (Azurite enforces it): 3-63 lower-case letters, digits and single hyphens, starting
 # and ending with a letter or digit.
 _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+# The job's processes cannot share the ARM emulator's clock: every request moves emulated time on by this
+# much, and clients are asked to wait only this long between polls, so long-running operations finish after a
+# fixed number of polls without real waiting.
+ARM_SECONDS_PER_REQUEST = 15.0
+ARM_RETRY_AFTER_S = 0.05
+# What --arm seeds besides the workspace and its datastores: a user-assigned identity and a container registry.
+ARM_SEEDED_IDENTITY = "uai-sandbox"
+ARM_SEEDED_REGISTRY = "acrsandbox"
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,7 @@ class Sandbox:
         datastores: Sequence[DatastoreSeed] = (),
         token_lifetime: int = 86_400,
         workdir: Path | None = None,
+        arm: bool = False,
     ) -> None:
         """Configure (not start) the sandbox.
 
@@ -130,6 +142,10 @@ class Sandbox:
             token_lifetime: Lifetime of minted tokens, in seconds (Azure ML's are ~24 h).
             workdir: Where to keep certificates, storage data and the token cache; a temporary folder when
                 omitted (deleted on exit).
+            arm: Also run the ARM emulator (needs the official specs, see
+                :class:`~aml_identity.testing.ArmEmulator`), seeded with the workspace, its datastores, the
+                ``devstoreaccount1`` storage account, a user-assigned identity ``uai-sandbox`` and a container
+                registry, and point ``AML_IDENTITY_ARM_ENDPOINT`` at it.
         """
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="aml-identity-sandbox-"))
@@ -143,6 +159,13 @@ class Sandbox:
         self.endpoint = IdentityEndpoint(identities=[self.identity], token_lifetime=token_lifetime)
         self.azurite = Azurite(workdir=self.workdir / "azurite", tls=self.tls)
         self.run_id = f"sandbox_{uuid.uuid4().hex[:12]}"
+        self.arm: ArmEmulator | None = None
+        if arm:
+            from aml_identity.testing.arm import ArmEmulator  # noqa: PLC0415 - loads the specs only when asked
+
+            self.arm = ArmEmulator(
+                tls=self.tls, retry_after=ARM_RETRY_AFTER_S, seconds_per_request=ARM_SECONDS_PER_REQUEST
+            )
         self._started = False
 
     def start(self) -> Sandbox:
@@ -151,6 +174,9 @@ class Sandbox:
         try:
             self.azurite.start()
             self._seed()
+            if self.arm is not None:
+                self.arm.start()
+                self._seed_arm(self.arm)
         except BaseException:
             self.stop()
             raise
@@ -174,6 +200,26 @@ class Sandbox:
                     with path.open("rb") as data:
                         container.upload_blob(path.relative_to(seed.directory).as_posix(), data, overwrite=True)
 
+    def _seed_arm(self, arm: ArmEmulator) -> None:
+        sub, group = DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP
+        workspace = arm.add_workspace(
+            sub,
+            group,
+            DEFAULT_WORKSPACE,
+            storage_account=arm.add_storage_account(sub, group, DEVSTORE_ACCOUNT),
+            container_registry=arm.add_container_registry(sub, group, ARM_SEEDED_REGISTRY),
+        )
+        arm.add_user_assigned_identity(sub, group, ARM_SEEDED_IDENTITY)
+        if self.identity.kind == "user" and self.identity.name != ARM_SEEDED_IDENTITY:
+            arm.add_user_assigned_identity(
+                sub, group, self.identity.name, client_id=self.identity.client_id, principal_id=self.identity.object_id
+            )
+        for index, seed in enumerate(self.datastores):
+            arm.add_datastore(
+                workspace, seed.name, account_name=DEVSTORE_ACCOUNT, container_name=seed.container_name,
+                is_default=index == 0,
+            )  # fmt: skip
+
     def environ(self) -> dict[str, str]:
         """Return the variables a job sees (on top of the caller's environment, minus foreign identity ones)."""
         guard_dir = self.workdir / "guard"
@@ -194,6 +240,8 @@ class Sandbox:
                 **self.tls.environ(),
             }
         )
+        if self.arm is not None:
+            environ["AML_IDENTITY_ARM_ENDPOINT"] = self.arm.endpoint
         return environ
 
     def job_environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -230,16 +278,21 @@ class Sandbox:
         """Describe what the job did against the emulators (for the end of a sandbox run)."""
         requests = self.endpoint.requests
         minted = sum(1 for r in requests if r.status == 200)  # noqa: PLR2004 - HTTP 200
-        return (
+        text = (
             f"identity endpoint: {len(requests)} token request(s), {minted} token(s) minted for "
             f"{self.identity.kind}-assigned identity {self.identity.client_id}"
         )
+        if self.arm is not None:
+            text += f"; ARM emulator: {len(self.arm.requests)} request(s)"
+        return text
 
     def stop(self) -> None:
         """Stop the emulators and delete the temporary work folder."""
         self.endpoint.release_hangs()
         self.endpoint.stop()
         self.azurite.stop()
+        if self.arm is not None:
+            self.arm.stop()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

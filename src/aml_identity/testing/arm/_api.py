@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import jwt
 
@@ -125,6 +125,7 @@ class ArmApi:
         retry_after: float,
         advance: Callable[[float], None] | None,
         seconds_per_request: float,
+        page_size: int | None = None,
     ) -> None:
         """Wire the API to the state; ``endpoint`` returns the emulator's base URL once it listens."""
         self.state = state
@@ -133,6 +134,7 @@ class ArmApi:
         self.retry_after = retry_after
         self._advance = advance
         self._seconds_per_request = seconds_per_request
+        self.page_size = page_size
         self.requests: list[RecordedRequest] = []
         self.rejected: list[tuple[RecordedRequest, list[SpecError]]] = []
         self.spec_violations: list[str] = []
@@ -366,11 +368,27 @@ class ArmApi:
             f"The compute '{p['name']}' was not found in workspace '{p['ws']}' (resource group '{p['rg']}').",
         )
 
-    def _list_computes(self, _request: Request, p: Mapping[str, str]) -> Response:
+    def _page(self, request: Request, items: list[Any]) -> Response:
+        """A list answer, split into pages of ``page_size`` linked by ``nextLink`` (as ARM pages long lists)."""
+        if not self.page_size:
+            return Response(200, {"value": items})
+        token = request.param("$skiptoken") or "0"
+        start = int(token) if token.isdigit() else 0
+        body: dict[str, Any] = {"value": items[start : start + self.page_size]}
+        if start + self.page_size < len(items):
+            query = "&".join(
+                f"{quote(k, safe='$')}={quote(v, safe='')}"
+                for k, v in request.query.items()
+                if k.lower() != "$skiptoken"
+            )
+            body["nextLink"] = f"{self._endpoint()}{request.path}?{query}&$skiptoken={start + self.page_size}"
+        return Response(200, body)
+
+    def _list_computes(self, request: Request, p: Mapping[str, str]) -> Response:
         workspace = self._workspace(p)
         prefix = f"{workspace['id']}/computes/".lower()
         computes = [c for key, c in list(self.state.computes.items()) if key.startswith(prefix)]
-        return Response(200, {"value": [self.state.compute_body(c) for c in computes if self.state.evolve(c)]})
+        return self._page(request, [self.state.compute_body(c) for c in computes if self.state.evolve(c)])
 
     def _get_compute(self, _request: Request, p: Mapping[str, str]) -> Response:
         compute = self._compute(p)
@@ -542,7 +560,7 @@ class ArmApi:
         is_default = request.param("isDefault")
         if is_default is not None:
             stores = [d for d in stores if str(d["properties"]["isDefault"]).lower() == is_default.lower()]
-        return Response(200, {"value": stores})
+        return self._page(request, stores)
 
     def _get_datastore(self, _request: Request, p: Mapping[str, str]) -> Response:
         workspace = self._workspace(p)
@@ -589,7 +607,7 @@ class ArmApi:
             if principal and assignment["properties"]["principalId"].lower() != principal.group(1).lower():
                 continue
             found.append(assignment)
-        return Response(200, {"value": found})
+        return self._page(request, found)
 
     def _get_role_assignment(self, _request: Request, p: Mapping[str, str]) -> Response:
         scope = self._scope(p)
@@ -674,7 +692,7 @@ class ArmApi:
             for lock in self.state.locks.values()
             if (covers(lock["scope"], scope) if at_scope else covers(scope, lock["scope"]))
         ]
-        return Response(200, {"value": found})
+        return self._page(request, found)
 
     def _get_lock(self, _request: Request, p: Mapping[str, str]) -> Response:
         scope = self._lock_scope(p)

@@ -176,6 +176,7 @@ class ArmEmulator:
         tenant_id: str | None = None,
         port: int = 0,
         environ: Mapping[str, str] | None = None,
+        page_size: int | None = None,
     ) -> None:
         """Configure the emulator and load the specs (the server starts with :meth:`start`).
 
@@ -191,6 +192,8 @@ class ArmEmulator:
             tenant_id: The directory tenant of the emulated identities.
             port: The port; a free one when 0.
             environ: Environment to read ``AML_IDENTITY_SPECS_DIR`` from (``os.environ`` by default).
+            page_size: Split lists (computes, datastores, role assignments, locks) into pages of this many
+                items linked by ``nextLink``, as ARM does with long lists; one page when None.
 
         Raises:
             SpecsNotFoundError: The specs are not found; the message says where it looked.
@@ -213,6 +216,7 @@ class ArmEmulator:
             retry_after=retry_after,
             advance=self.advance if hasattr(self._clock, "advance") else None,
             seconds_per_request=seconds_per_request,
+            page_size=page_size,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------------------

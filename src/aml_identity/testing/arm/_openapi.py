@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urldefrag, urljoin
+from urllib.parse import quote, urldefrag, urljoin, urlsplit
+from urllib.request import url2pathname
 
 import referencing
 from jsonschema import Draft4Validator, FormatChecker, ValidationError
@@ -567,7 +568,7 @@ class ArmSpecs:
         return f"/paths/{_escape(path)}/parameters/{shared.index(parameter)}"
 
     def _collect_examples(self, uri: str, operation: Operation, op: Mapping[str, Any]) -> None:
-        base = Path(uri.removeprefix("file://")).parent
+        base = Path(url2pathname(urlsplit(uri).path)).parent
         body_name = None
         for parameter in op.get("parameters") or []:
             _, _, resolved = self._documents.deref(uri, parameter)
