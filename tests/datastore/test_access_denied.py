@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import pytest
 from azure.core.exceptions import HttpResponseError
-from azure.core.rest import HttpRequest
-from azure.mgmt.core import ARMPipelineClient
-from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
 
 from aml_identity import default_credential
 from aml_identity.datastore import download, upload
 from aml_identity.errors import DataAccessDeniedError
+from aml_identity.provisioning import grant_data_access
 from aml_identity.testing import StorageAuthProxy
 
 pytestmark = pytest.mark.azurite
 
 SUBSCRIPTION = "5ab5c1e7-0000-4000-8000-00000000da7a"
 RESOURCE_GROUP = "rg-data"
-# Built-in role definition GUIDs (the same in every tenant).
-STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
-STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 
 
 @pytest.fixture
@@ -32,25 +27,11 @@ def guarded(workspace_job, azurite, aml_tls, via):
         yield proxy, via(proxy), account, workspace_job
 
 
-def _grant_through_arm(arm, scope: str, principal_id: str, role_guid: str) -> None:
-    """PUT a role assignment through the ARM emulator's REST API (api-version 2022-04-01), as a setup script would."""
-    client = ARMPipelineClient(
-        base_url=arm.endpoint,
-        policies=[ARMChallengeAuthenticationPolicy(arm.credential(), "https://management.azure.com/.default")],
-        connection_verify=str(arm.tls.cert),
-    )
-    body = {
-        "properties": {
-            "roleDefinitionId": f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/"
-            f"{role_guid}",
-            "principalId": principal_id,
-            "principalType": "ServicePrincipal",
-        }
-    }
-    name = f"{role_guid[:8]}-0000-4000-8000-{principal_id[-12:]}"
-    url = f"{arm.endpoint}{scope}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version=2022-04-01"
-    response = client.send_request(HttpRequest("PUT", url, json=body))
-    assert response.status_code == 201, response.text()
+def _grant(arm, scope: str, principal_id: str, role: str) -> None:
+    """Grant through the ARM emulator's REST API, as a setup script would (api-version 2022-04-01)."""
+    grants = grant_data_access(principal_id, scope, role, credential=arm.credential(), acr_pull=False,
+                               connection_verify=str(arm.tls.cert))  # fmt: skip
+    assert [g.role for g in grants] == [role]
 
 
 def test_no_role_gives_the_identity_the_account_and_the_fix_and_granting_it_works(guarded, store, tmp_path):
@@ -76,7 +57,7 @@ def test_no_role_gives_the_identity_the_account_and_the_fix_and_granting_it_work
     assert "eyJ" not in message + repr(error)
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
 
-    _grant_through_arm(arm, account_id, object_id, STORAGE_BLOB_DATA_READER)
+    _grant(arm, account_id, object_id, "Storage Blob Data Reader")
     assert arm.has_data_role(object_id, "devstoreaccount1", "read")
 
     result = download(store.uri("data/"), tmp_path / "d", progress=False, environ=env)
@@ -89,7 +70,8 @@ def test_no_role_gives_the_identity_the_account_and_the_fix_and_granting_it_work
     with pytest.raises(DataAccessDeniedError) as caught:
         upload(tmp_path / "out", store.uri("results/"), progress=False, environ=env)
     assert (caught.value.operation, caught.value.role) == ("write", "Storage Blob Data Contributor")
-    _grant_through_arm(arm, account_id, object_id, STORAGE_BLOB_DATA_CONTRIBUTOR)
+    _grant(arm, account_id, object_id, "Storage Blob Data Contributor")
+    assert len(arm.requests_for("RoleAssignments_Create")) == 2
     upload(tmp_path / "out", store.uri("results/"), progress=False, environ=env)
     assert store.read("results/y.txt") == b"y"
     assert proxy.statuses()[403] == 2

@@ -5,13 +5,14 @@ once_per_node=True)``: one rank fetches the dataset, the others wait for it and 
 Outputs are written under ``outputs/`` and uploaded when the job ends - or when the node is preempted
 (SIGTERM) - by ``upload_on_exit``.
 
-Offline, against the emulators and Azurite::
+The URIs are the ones an Azure ML job is given (``azureml://datastores/<name>/paths/...``): they are
+resolved through the workspace's datastore API with the job identity. Offline, against the emulators (the
+ARM emulator serves the workspace and its datastores, Azurite the storage)::
 
-    aml-identity sandbox --datastore training_data=examples/data --datastore outputs -- python examples/datastore_job.py
+  aml-identity sandbox --arm --datastore training_data=examples/data --datastore outputs -- python examples/data_job.py
 
-On Azure ML, pass the datastore URIs of your workspace, for example
-``--data azureml://datastores/training_data/paths/images/ --outputs azureml://datastores/outputs/paths/run-1/``,
-on a cluster whose identity has Storage Blob Data Reader on the data and Contributor on the outputs.
+On Azure ML, submit it as a command job on a cluster whose identity has Storage Blob Data Reader on the data's
+account and Storage Blob Data Contributor on the outputs' account.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ from pathlib import Path
 from aml_identity.datastore import download, upload_on_exit
 
 RANKS = 4
-# The sandbox's account; on Azure ML the same URIs name your storage account (or use azureml:// URIs).
-DEFAULT_DATA = "wasbs://training-data@devstoreaccount1.blob.core.windows.net/images/"
-DEFAULT_OUTPUTS = "wasbs://outputs@devstoreaccount1.blob.core.windows.net/run-1/"
+DEFAULT_DATA = "azureml://datastores/training_data/paths/images/"
+DEFAULT_OUTPUTS = "azureml://datastores/outputs/paths/run-1/"
 
 
 def rank_main(rank: int, data_uri: str, local: str) -> dict[str, int]:
