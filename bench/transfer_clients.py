@@ -192,7 +192,9 @@ def run_plain(cfg: dict[str, Any]) -> None:
             answer = session().get(base + query)
             answer.raise_for_status()
             root = ET.fromstring(answer.content)
-            blobs += [(b.findtext("Name"), int(b.findtext("Properties/Content-Length"))) for b in root.iter("Blob")]
+            blobs += [
+                (b.findtext("Name", ""), int(b.findtext("Properties/Content-Length", "0"))) for b in root.iter("Blob")
+            ]
             marker = root.findtext("NextMarker") or ""
             if not marker:
                 break

@@ -35,7 +35,7 @@ def test_quick_transfer_benchmark_measures_every_client_and_writes_its_section(t
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    measurements = json.loads((tmp_path / "m.json").read_text())
+    measurements = json.loads((tmp_path / "m.json").read_text())["measurements"]
     cells = {(m["run"], m["workload"], m["op"], m["client"]) for m in measurements}
     assert len(cells) == 2 * 2 * 2 * 4  # runs x workloads x ops x clients
     assert all(m["ok"] and m["seconds"] > 0 and m["peak_rss_mib"] > 0 for m in measurements)

@@ -9,7 +9,6 @@ from aml_identity import default_credential
 from aml_identity.datastore import download, upload
 from aml_identity.errors import DataAccessDeniedError
 from aml_identity.provisioning import grant_data_access
-from aml_identity.testing import StorageAuthProxy
 
 pytestmark = pytest.mark.azurite
 
@@ -18,13 +17,10 @@ RESOURCE_GROUP = "rg-data"
 
 
 @pytest.fixture
-def guarded(workspace_job, azurite, aml_tls, via):
-    """Azurite behind a StorageAuthProxy that enforces the role assignments the ARM emulator holds."""
+def guarded(workspace_job, storage_auth_proxy, via):
+    """Azurite behind the StorageAuthProxy fixture, which enforces the role assignments the ARM emulator holds."""
     account = workspace_job.add_storage_account(SUBSCRIPTION, RESOURCE_GROUP, "devstoreaccount1")
-    with StorageAuthProxy(
-        f"https://127.0.0.1:{azurite.port}", authorizer=workspace_job.has_data_role, tls=aml_tls
-    ) as proxy:
-        yield proxy, via(proxy), account, workspace_job
+    return storage_auth_proxy, via(storage_auth_proxy), account, workspace_job
 
 
 def _grant(arm, scope: str, principal_id: str, role: str) -> None:

@@ -11,6 +11,9 @@ available in any test suite:
 * ``arm_emulator``: an :class:`~aml_identity.testing.ArmEmulator` for one test (needs the official specs:
   ``AML_IDENTITY_SPECS_DIR`` or ``../shared/specs``); it fails the test if it sent a body that does not
   match the spec.
+* ``storage_auth_proxy``: a :class:`~aml_identity.testing.StorageAuthProxy` in front of the session's
+  Azurite that enforces the ``arm_emulator``'s role assignments; point ``AML_IDENTITY_BLOB_ENDPOINTS`` at
+  ``storage_auth_proxy.blob_endpoint()``.
 
 Pass ``--aml-loopback-guard`` (or set ``aml_loopback_guard = true`` in the ini file) to turn the guard on for
 every test of the session.
@@ -31,8 +34,9 @@ from aml_identity.testing.identity_endpoint import IdentityEndpoint
 
 if TYPE_CHECKING:
     from aml_identity.testing.arm import ArmEmulator
+    from aml_identity.testing.storage_proxy import StorageAuthProxy
 
-__all__ = ["aml_tls", "arm_emulator", "azurite", "identity_endpoint", "loopback_guard"]
+__all__ = ["aml_tls", "arm_emulator", "azurite", "identity_endpoint", "loopback_guard", "storage_auth_proxy"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -98,3 +102,13 @@ def arm_emulator(aml_tls: TlsMaterial) -> Iterator[ArmEmulator]:
 
     with ArmEmulator(tls=aml_tls) as emulator:
         yield emulator
+
+
+@pytest.fixture
+def storage_auth_proxy(azurite: Azurite, arm_emulator: ArmEmulator) -> Iterator[StorageAuthProxy]:
+    """Azurite behind Azure's data-plane role checks, driven by the ARM emulator's role assignments."""
+    from aml_identity.testing.storage_proxy import StorageAuthProxy  # noqa: PLC0415 - only when used
+
+    upstream = f"https://127.0.0.1:{azurite.port}"
+    with StorageAuthProxy(upstream, authorizer=arm_emulator.has_data_role, tls=azurite.tls) as proxy:
+        yield proxy
