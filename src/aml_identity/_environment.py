@@ -145,6 +145,8 @@ class JobEnvironment:
     ca_bundle: str | None = None
     run_id: str | None = None
     specs_dir: str | None = None
+    # FUSE_LIBRARY_NAME / FUSE_LIBRARY_PATH (read by mfusepy itself): when set, `aml-identity mount` keeps them.
+    fuse_library_configured: bool = False
     from_process: bool = field(default=False, compare=False)
 
     @classmethod
@@ -215,6 +217,7 @@ class JobEnvironment:
             ca_bundle=_get(env, "REQUESTS_CA_BUNDLE") or _get(env, "CURL_CA_BUNDLE"),
             run_id=_get(env, "AZUREML_RUN_ID"),
             specs_dir=_get(env, "AML_IDENTITY_SPECS_DIR"),
+            fuse_library_configured=bool(_get(env, "FUSE_LIBRARY_NAME") or _get(env, "FUSE_LIBRARY_PATH")),
             from_process=env is os.environ,
         )
 
