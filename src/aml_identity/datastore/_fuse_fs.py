@@ -149,7 +149,14 @@ class _Writer:
     writable: bool
 
 
-_Handle = _Reader | _Writer
+@dataclass
+class _Folder:
+    """An open folder (``opendir``): ``readdir`` gets no path with ``nullpath_ok``, so the handle keeps it."""
+
+    path: str
+
+
+_Handle = _Reader | _Writer | _Folder
 
 
 # The role-naming operation of each kind of request (deleting needs what writing needs).
@@ -179,6 +186,7 @@ class BlobFilesystem:
         staging_dir: Where ``rw`` staging files go (a private temporary folder when None).
         attr_timeout: Seconds a listing is trusted.
         memory_cache_bytes: The in-memory block cache's bound.
+        read_ahead_blocks: Blocks fetched ahead of a sequential reader (0: none).
         reserve_bytes: Free disk space the disk cache and staging files always leave.
         clock: A monotonic clock (injected by tests).
         free_space: Returns a path's disk's free bytes (injected by tests).
@@ -200,6 +208,7 @@ class BlobFilesystem:
         staging_dir: str | None = None,
         attr_timeout: float = ATTR_CACHE_TTL_S,
         memory_cache_bytes: int = MEMORY_CACHE_BYTES,
+        read_ahead_blocks: int = READ_AHEAD_BLOCKS,
         reserve_bytes: int = RESERVED_FREE_DISK_BYTES,
         clock: Callable[[], float] = time.monotonic,
         free_space: Callable[[str], int] = free_bytes,
@@ -214,6 +223,7 @@ class BlobFilesystem:
         self.prefix = prefix
         self.mode: Mode = mode
         self.attr_timeout = attr_timeout
+        self.read_ahead_blocks = read_ahead_blocks
         self._clock = clock
         self._free_space = free_space
         self._reserve = reserve_bytes
@@ -282,7 +292,7 @@ class BlobFilesystem:
         for staged in staged_files:
             if staged.dirty and not staged.unlinked:
                 _log.warning(
-                    "mount: %s was still open for writing when the mount ended; its unclosed content was not "
+                    "%s was still open for writing when the mount ended; its unclosed content was not "
                     "uploaded (a half-written file never becomes a blob)",
                     staged.blob,
                 )
@@ -324,14 +334,14 @@ class BlobFilesystem:
             with self._lock:
                 first = kind not in self._logged_denials
                 self._logged_denials.add(kind)
-            if first:
-                _log.error("mount: %s refused (EACCES): %s", kind, converted)
+            if first:  # one line (the message's own line breaks folded), once per kind of operation
+                _log.error("%s refused by storage (EACCES): %s", kind, " ".join(str(converted).split()))
             return _os_error(errno.EACCES, what)
         if error.status == 404:  # noqa: PLR2004 - HTTP status
             return _os_error(errno.ENOENT, what)
         if error.status == 412:  # noqa: PLR2004 - If-Match failed
             _log.warning(
-                "mount: %s changed in storage while it was open; reads of this open file fail with ESTALE so "
+                "%s changed in storage while it was open; reads of this open file fail with ESTALE so "
                 "two versions are never mixed. Open it again to read the new version.",
                 what,
             )
@@ -339,7 +349,7 @@ class BlobFilesystem:
         converted = convert_storage_error(
             error, account=self.account, container=self.container, operation=_OPERATION[kind], token=self.client.token
         )
-        _log.error("mount: %s of %s failed (EIO): %s", kind, what, converted)
+        _log.error("%s of %s failed (EIO): %s", kind, what, converted)
         return _os_error(errno.EIO, what)
 
     # -- listings --------------------------------------------------------------------------------------
@@ -357,7 +367,7 @@ class BlobFilesystem:
                 if cached is not None and self._clock() - cached.fetched_at < self.attr_timeout:
                     return cached.entries
             started = self._clock()
-            entries = self._fetch_listing("" if path == "/" else self._blob(path) + "/")
+            entries = self._fetch_listing(self.prefix if path == "/" else self._blob(path) + "/")
             with self._lock:
                 self._listings[path] = _Listing(entries, started)
             return entries
@@ -381,7 +391,7 @@ class BlobFilesystem:
                 break
         for name in dirs:
             if name in entries:
-                _log.warning("mount: %s%s is both a blob and a folder; showing the folder", prefix, name)
+                _log.warning("%s%s is both a blob and a folder; showing the folder", prefix, name)
             entries[name] = _Entry(is_dir=True, mtime=self._started)
         return entries
 
@@ -474,12 +484,27 @@ class BlobFilesystem:
             raise _os_error(errno.ENOENT)
         return self._attrs(self._lookup(path))
 
-    def readdir(self, path: str | None, fh: int) -> list[str | tuple[str, dict[str, int], int]]:
-        """List a folder: its blobs and sub-prefixes, plus files and folders made through this mount."""
+    def opendir(self, path: str | None) -> int:
+        """Open a folder (the handle remembers its path for ``readdir``)."""
         if path is None:
             raise _os_error(errno.ENOENT)
         if not self._lookup(path).is_dir:
             raise _os_error(errno.ENOTDIR)
+        return self._new_fh(_Folder(path))
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        """Close a folder."""
+        with self._lock:
+            self._handles.pop(fh, None)
+        return 0
+
+    def readdir(self, path: str | None, fh: int) -> list[str | tuple[str, dict[str, int], int]]:
+        """List a folder: its blobs and sub-prefixes, plus files and folders made through this mount."""
+        handle = self._handles.get(fh)
+        if isinstance(handle, _Folder):
+            path = handle.path
+        if path is None:
+            raise _os_error(errno.EBADF)
         try:
             entries = dict(self._list_dir(path))
         except StorageHttpError as exc:
@@ -579,7 +604,7 @@ class BlobFilesystem:
         handle = self._handles.get(fh)
         if isinstance(handle, _Writer):
             return os.pread(handle.staged.fd, size, offset)
-        if handle is None:
+        if not isinstance(handle, _Reader):
             raise _os_error(errno.EBADF)
         for attempt in range(2):
             try:
@@ -610,7 +635,7 @@ class BlobFilesystem:
         first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
         sequential = handle.last_block <= first <= handle.last_block + 1
         handle.last_block = last
-        if sequential:
+        if sequential and self.read_ahead_blocks:
             self._read_ahead(handle, last)
         parts = []
         for index in range(first, last + 1):
@@ -622,7 +647,7 @@ class BlobFilesystem:
     def _read_ahead(self, handle: _Reader, last: int) -> None:
         final = (handle.size - 1) // BLOCK_SIZE
         start = max(last + 1, handle.prefetched_to + 1)
-        stop = min(last + READ_AHEAD_BLOCKS, final)
+        stop = min(last + self.read_ahead_blocks, final)
         blob, etag, size = handle.blob, handle.etag, handle.size
         for index in range(start, stop + 1):
             if (blob, etag, index) in self._memory:
@@ -774,7 +799,7 @@ class BlobFilesystem:
     def _require_room(self, size: int) -> None:
         if self._free_space(self._staging()) - size < self._reserve:
             _log.error(
-                "mount: refusing to stage %d more bytes in %s: its disk would have less than %d bytes free",
+                "refusing to stage %d more bytes in %s: its disk would have less than %d bytes free",
                 size,
                 self._staging(),
                 self._reserve,
@@ -848,7 +873,7 @@ class BlobFilesystem:
                 if handle.writable:
                     self._commit(handle.staged)
             except OSError as exc:
-                _log.error("mount: %s could not be committed when it was closed: %s", handle.staged.blob, exc)
+                _log.error("%s could not be committed when it was closed: %s", handle.staged.blob, exc)
             finally:
                 self._drop_ref(handle.staged)
         return 0

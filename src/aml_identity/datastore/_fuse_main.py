@@ -104,6 +104,8 @@ def is_stale(path: str) -> bool:
     """Whether ``path`` is a dead FUSE mount ("Transport endpoint is not connected": its process died)."""
     try:
         os.stat(path)
+        with os.scandir(path):  # stat may be answered from the kernel's attribute cache; opening reaches FUSE
+            pass
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
@@ -172,8 +174,8 @@ def _load_mfusepy(env: JobEnvironment) -> object:
 
 def _exit_with_stdin(mount_point: str) -> None:
     """Block until stdin closes (the process that started the mount has exited), then unmount."""
-    with contextlib.suppress(OSError, ValueError):
-        while sys.stdin.buffer.read(4096):
+    with contextlib.suppress(OSError):
+        while os.read(0, 4096):  # raw reads: a buffered stdin's lock would block interpreter shutdown
             pass
     if os.path.ismount(mount_point):
         _log.warning("the process that started the mount has exited; unmounting %s", mount_point)
