@@ -37,6 +37,10 @@ def _blob_gets(proxy, name: str) -> list:
     return [r for r in proxy.requests if r.method == "GET" and r.action == "read" and r.path.endswith("/" + name)]
 
 
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
 def _files_under(root: Path) -> dict[str, bytes]:
     return {
         str(Path(folder, name).relative_to(root)): Path(folder, name).read_bytes()
@@ -59,16 +63,16 @@ def test_small_files_and_a_large_file_read_byte_identical_and_listings_match_the
     with mount(store.uri("train/")) as m:
         root = m.path
         assert m.mounted
-        assert sorted(os.listdir(root)) == ["a", "b", "c", "d", "weights.bin"]
-        assert sorted(os.listdir(root / "b")) == sorted(n[len("train/b/") :] for n in dataset if n.startswith("train/b/"))
+        assert _names(root) == ["a", "b", "c", "d", "weights.bin"]
+        assert _names(root / "b") == sorted(n[len("train/b/") :] for n in dataset if n.startswith("train/b/"))
         assert (root / "a").is_dir()
         assert (root / "a" / "000.bin").is_file()
         assert _files_under(root) == {n.removeprefix("train/"): c for n, c in dataset.items()}
-        assert os.stat(root / "weights.bin").st_size == LARGE
+        assert (root / "weights.bin").stat().st_size == LARGE
 
         big = dataset["train/weights.bin"]
         rng = random.Random(3)
-        with open(root / "weights.bin", "rb", buffering=0) as f:
+        with (root / "weights.bin").open("rb", buffering=0) as f:
             for _ in range(40):  # random offsets and lengths, across block boundaries
                 offset, length = rng.randrange(0, LARGE), rng.randrange(1, 3 * BLOCK_SIZE // 2)
                 f.seek(offset)
@@ -103,14 +107,12 @@ def test_a_second_read_is_served_from_the_cache_and_read_ahead_fetches_each_bloc
         assert len(_blob_gets(open_proxy, "a/001.bin")) == 1
 
 
-def test_the_disk_cache_never_exceeds_cache_size_and_serves_a_later_mount(
-    storage_job, store, dataset, open_proxy, via, tmp_path
-):
+def test_the_disk_cache_never_exceeds_cache_size_and_serves_a_later_mount(store, dataset, open_proxy, via, tmp_path):
     cache = tmp_path / "cache"
     limit = 3 * BLOCK_SIZE + BLOCK_SIZE // 2
     big = dataset["train/weights.bin"]
     with mount(store.uri("train/"), cache_dir=cache, cache_size=limit, environ=via(open_proxy)) as m:
-        with open(m.path / "weights.bin", "rb") as f:
+        with (m.path / "weights.bin").open("rb") as f:
             for index in range(BLOCKS):
                 assert f.read(BLOCK_SIZE) == big[index * BLOCK_SIZE : (index + 1) * BLOCK_SIZE]
                 assert sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) <= limit
@@ -121,7 +123,7 @@ def test_the_disk_cache_never_exceeds_cache_size_and_serves_a_later_mount(
 
     open_proxy.clear()
     with mount(store.uri("train/"), cache_dir=cache, cache_size=limit, environ=via(open_proxy)) as m:
-        with open(m.path / "weights.bin", "rb") as f:  # the most recent blocks are on disk: no GET for them
+        with (m.path / "weights.bin").open("rb") as f:  # the most recent blocks are on disk: no GET for them
             f.seek((BLOCKS - 2) * BLOCK_SIZE)
             assert f.read() == big[(BLOCKS - 2) * BLOCK_SIZE :]
         assert _blob_gets(open_proxy, "weights.bin") == []
@@ -132,20 +134,24 @@ def test_a_blob_replaced_in_storage_is_never_served_as_a_mix_of_two_versions(sto
     old, new = rng.randbytes(LARGE), rng.randbytes(LARGE)
     store.seed({"data/model.bin": old})
     with mount(store.uri("data/"), attr_timeout=0) as m:
-        served = b""
-        with open(m.path / "model.bin", "rb", buffering=0) as f:
+        served = bytearray()
+        with (m.path / "model.bin").open("rb", buffering=0) as f:
+
+            def read_to_the_end() -> None:
+                while chunk := f.read(BLOCK_SIZE):
+                    served.extend(chunk)
+
             served += f.read(BLOCK_SIZE)
             store.seed({"data/model.bin": new})  # replaced while open, after one block was read
             with pytest.raises(OSError) as caught:
-                while chunk := f.read(BLOCK_SIZE):
-                    served += chunk
+                read_to_the_end()
         assert caught.value.errno == errno.ESTALE  # the blocks it had not fetched yet are of the new version
         assert served == old[: len(served)]  # whatever it returned was the old version only
         assert (m.path / "model.bin").read_bytes() == new  # opened again: the new version, whole
 
     store.seed({"data/model.bin": old, "data/other.bin": b"other"})
     with mount(store.uri("data/")) as m:  # default attr_timeout: the listing (and its ETag) is trusted for 60 s
-        assert sorted(os.listdir(m.path)) == ["model.bin", "other.bin"]
+        assert _names(m.path) == ["model.bin", "other.bin"]
         store.seed({"data/model.bin": new})
         store.client.delete_blob("data/other.bin")
         assert (m.path / "model.bin").read_bytes() == new  # the stale ETag is detected at the first block
@@ -158,14 +164,14 @@ def test_rw_a_file_is_in_storage_once_closed_and_not_while_still_open(storage_jo
     rng = random.Random(5)
     large = rng.randbytes(UPLOAD_SINGLE_PUT_BYTES * 2 + 999)  # committed as staged blocks
     with mount(store.uri("out/"), mode="rw") as m:
-        with open(m.path / "log.txt", "wb") as f:
+        with (m.path / "log.txt").open("wb") as f:
             f.write(b"epoch 1\n")
             f.flush()  # written to the mount, but the file is still open
             assert not store.client.get_blob_client("out/log.txt").exists()
             assert (m.path / "log.txt").read_bytes() == b"epoch 1\n"  # this node sees its own writes
         assert store.read("out/log.txt") == b"epoch 1\n"
 
-        with open(m.path / "ckpt.bin", "wb") as f:
+        with (m.path / "ckpt.bin").open("wb") as f:
             f.write(large[:1000])
             f.flush()
             os.fsync(f.fileno())  # fsync commits what is there now
@@ -173,67 +179,67 @@ def test_rw_a_file_is_in_storage_once_closed_and_not_while_still_open(storage_jo
             f.write(large[1000:])
         assert store.read("out/ckpt.bin") == large
 
-        with open(m.path / "keep.txt", "r+b") as f:  # modify an existing blob in place
+        with (m.path / "keep.txt").open("r+b") as f:  # modify an existing blob in place
             f.seek(2)
             f.write(b"NN")
         assert store.read("out/keep.txt") == b"keNN"
         os.truncate(m.path / "keep.txt", 1)
         assert store.read("out/keep.txt") == b"k"
-        with open(m.path / "keep.txt", "ab") as f:
+        with (m.path / "keep.txt").open("ab") as f:
             f.write(b"+")
         assert store.read("out/keep.txt") == b"k+"
         (m.path / "empty").touch()
         assert store.read("out/empty") == b""
-        assert sorted(os.listdir(m.path)) == ["ckpt.bin", "empty", "keep.txt", "log.txt"]
+        assert _names(m.path) == ["ckpt.bin", "empty", "keep.txt", "log.txt"]
 
 
 def test_rw_rename_unlink_and_folders_behave_as_documented(storage_job, store):
     store.seed({"out/a.txt": b"alpha", "out/sub/x.txt": b"x"})
     with mount(store.uri("out/"), mode="rw") as m:
         root = m.path
-        os.rename(root / "a.txt", root / "b.txt")  # copied to the new name, then the old blob deleted
+        (root / "a.txt").rename(root / "b.txt")  # copied to the new name, then the old blob deleted
         assert store.contents("out/") == {"b.txt": b"alpha", "sub/x.txt": b"x"}
-        assert sorted(os.listdir(root)) == ["b.txt", "sub"]
+        assert _names(root) == ["b.txt", "sub"]
 
-        with open(root / "tmp.part", "wb") as f:  # the atomic-save pattern: write, close, rename
+        with (root / "tmp.part").open("wb") as f:  # the atomic-save pattern: write, close, rename
             f.write(b"weights")
-        os.replace(root / "tmp.part", root / "b.txt")
+        (root / "tmp.part").replace(root / "b.txt")
         assert store.contents("out/") == {"b.txt": b"weights", "sub/x.txt": b"x"}
 
-        with open(root / "open.part", "wb") as f:  # renamed while still open: committed under the new name
+        with (root / "open.part").open("wb") as f:  # renamed while still open: committed under the new name
             f.write(b"1")
-            os.rename(root / "open.part", root / "final.txt")
+            (root / "open.part").rename(root / "final.txt")
             f.write(b"2")
         assert store.read("out/final.txt") == b"12"
         assert not store.client.get_blob_client("out/open.part").exists()
 
-        os.unlink(root / "final.txt")
+        (root / "final.txt").unlink()
         assert not store.client.get_blob_client("out/final.txt").exists()
         assert not (root / "final.txt").exists()
-        with open(root / "gone.txt", "wb") as f:  # unlinked while open: never uploaded
+        with (root / "gone.txt").open("wb") as f:  # unlinked while open: never uploaded
             f.write(b"scratch")
-            os.unlink(root / "gone.txt")
+            (root / "gone.txt").unlink()
             f.write(b" more")
         assert not store.client.get_blob_client("out/gone.txt").exists()
 
-        os.mkdir(root / "empty")  # a folder exists only in this mount until a file is written in it
+        (root / "empty").mkdir()  # a folder exists only in this mount until a file is written in it
         assert (root / "empty").is_dir()
-        assert "empty" in os.listdir(root)
-        os.rename(root / "empty", root / "renamed")
-        assert sorted(os.listdir(root)) == ["b.txt", "renamed", "sub"]
-        os.rmdir(root / "renamed")
-        os.mkdir(root / "made")
+        assert "empty" in _names(root)
+        (root / "empty").rename(root / "renamed")
+        assert _names(root) == ["b.txt", "renamed", "sub"]
+        (root / "renamed").rmdir()
+        (root / "made").mkdir()
         (root / "made" / "f.txt").write_bytes(b"f")
         assert store.read("out/made/f.txt") == b"f"
 
         with pytest.raises(OSError) as caught:
-            os.rmdir(root / "sub")
+            (root / "sub").rmdir()
         assert caught.value.errno == errno.ENOTEMPTY
         with pytest.raises(OSError) as caught:
-            os.rename(root / "sub", root / "sub2")  # `mv` copies and deletes on EXDEV
+            (root / "sub").rename(root / "sub2")  # `mv` copies and deletes on EXDEV
         assert caught.value.errno == errno.EXDEV
         with pytest.raises(FileExistsError):
-            os.mkdir(root / "sub")
+            (root / "sub").mkdir()
     assert store.contents("out/") == {"b.txt": b"weights", "sub/x.txt": b"x", "made/f.txt": b"f"}
 
 
@@ -242,15 +248,15 @@ def test_storage_403_is_eacces_with_one_log_line_per_kind_naming_the_identity_an
 ):
     store.seed({"data/a.bin": b"a" * 100, "data/b.bin": b"b" * 100})
     client_id = default_credential().identity.client_id
-    may_list = lambda principal, account, action, container=None: action == "list"  # noqa: E731
+    may_list = lambda _principal, _account, action, **_: action == "list"  # noqa: E731
     with StorageAuthProxy(f"https://127.0.0.1:{azurite.port}", authorizer=may_list, tls=azurite.tls) as proxy:
         with mount(store.uri("data/"), mode="rw", environ=via(proxy)) as m:
-            assert sorted(os.listdir(m.path)) == ["a.bin", "b.bin"]
+            assert _names(m.path) == ["a.bin", "b.bin"]
             for name in ("a.bin", "b.bin", "a.bin"):
                 with pytest.raises(PermissionError):
                     (m.path / name).read_bytes()
             for name in ("new1.bin", "new2.bin"):
-                f = open(m.path / name, "wb")  # noqa: SIM115 - the error comes from close()
+                f = (m.path / name).open("wb")
                 f.write(b"data")
                 with pytest.raises(PermissionError):
                     f.close()
@@ -271,9 +277,11 @@ def test_storage_403_is_eacces_with_one_log_line_per_kind_naming_the_identity_an
 def test_a_mount_the_identity_may_not_list_fails_at_mount_time_naming_the_role(storage_job, store, azurite, via):
     store.seed({"data/a.bin": b"a"})
     deny = lambda *_, **__: False  # noqa: E731
-    with StorageAuthProxy(f"https://127.0.0.1:{azurite.port}", authorizer=deny, tls=azurite.tls) as proxy:
-        with pytest.raises(DatastoreError) as caught:
-            mount(store.uri("data/"), environ=via(proxy))
+    with (
+        StorageAuthProxy(f"https://127.0.0.1:{azurite.port}", authorizer=deny, tls=azurite.tls) as proxy,
+        pytest.raises(DatastoreError) as caught,
+    ):
+        mount(store.uri("data/"), environ=via(proxy))
     message = str(caught.value)
     assert "Storage Blob Data Reader" in message
     assert "exited with code 1" in message
@@ -284,7 +292,7 @@ def test_a_mount_the_identity_may_not_list_fails_at_mount_time_naming_the_role(s
 def test_sigterm_to_the_mount_process_unmounts_cleanly_and_leaves_unclosed_files_out(storage_job, store, capsys):
     store.seed({"out/a.txt": b"a"})
     m = mount(store.uri("out/"), mode="rw")
-    f = open(m.path / "half.bin", "wb")  # noqa: SIM115 - left open on purpose
+    f = (m.path / "half.bin").open("wb")
     f.write(b"half-written")
     f.flush()
     os.kill(m.pid, signal.SIGTERM)
@@ -307,7 +315,7 @@ def test_a_stale_mount_from_a_killed_process_is_cleared_before_mounting_again(st
     os.kill(crashed.pid, signal.SIGKILL)
     crashed._state.process.wait(timeout=30)
     with pytest.raises(OSError) as caught:
-        os.listdir(point)
+        list(point.iterdir())
     assert caught.value.errno == errno.ENOTCONN  # "Transport endpoint is not connected"
 
     with mount(store.uri("data/"), point) as again:
@@ -323,7 +331,7 @@ def test_unmount_while_a_file_is_open_detaches_lazily_and_the_process_exits_when
 ):
     store.seed({"data/a.txt": b"abc"})
     m = mount(store.uri("data/"))
-    f = open(m.path / "a.txt", "rb")  # noqa: SIM115 - kept open across the unmount on purpose
+    f = (m.path / "a.txt").open("rb")
     assert f.read(1) == b"a"
     process = m._state.process
     finished = []
