@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -318,7 +319,8 @@ def test_a_stale_mount_from_a_killed_process_is_cleared_before_mounting_again(st
         list(point.iterdir())
     assert caught.value.errno == errno.ENOTCONN  # "Transport endpoint is not connected"
 
-    with mount(store.uri("data/"), point) as again:
+    chosen = default_credential(client_id=default_credential().identity.client_id)  # a user-assigned identity
+    with mount(store.uri("data/"), point, credential=chosen) as again:
         assert (again.path / "a.txt").read_bytes() == b"a"
         crashed.unmount()  # the dead process is reaped; the new mount is left alone
         assert again.mounted
@@ -380,13 +382,17 @@ def test_the_cli_runs_in_the_foreground_until_unmounted(storage_job, store, tmp_
     assert "--cache-size lots" in bad.stderr
 
 
-def test_bad_arguments_are_refused_before_anything_is_mounted(storage_job, store, tmp_path):
+def test_bad_arguments_are_refused_before_anything_is_mounted(storage_job, store, tmp_path, monkeypatch):
     with pytest.raises(ConfigurationError, match="mode"):
         mount(store.uri("data/"), mode="wr")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="cache_size"):
         mount(store.uri("data/"), cache_size="plenty")
     with pytest.raises(ConfigurationError, match="credential"):
         mount(store.uri("data/"), credential=object())  # type: ignore[arg-type]
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(ConfigurationError, match="apt-get install fuse3"):
+        mount(store.uri("data/"))
+    monkeypatch.undo()
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "mine.txt").write_text("do not hide me")

@@ -108,3 +108,21 @@ def test_the_disk_cache_is_reused_by_a_later_mount_and_ignores_torn_files(tmp_pa
     smaller = DiskCache(str(folder), BLOCK // 2, reserve_bytes=0)  # mounted again with a smaller limit
     assert smaller.bytes_used == 0
     assert list(folder.iterdir()) == []
+
+
+def test_a_block_still_being_written_is_never_evicted_so_no_orphan_file_can_exceed_the_limit(tmp_path):
+    """Regression: a block evicted mid-write used to be renamed into place afterwards, beyond the limit."""
+    folder = tmp_path / "c"
+    cache = DiskCache(str(folder), 2 * BLOCK, reserve_bytes=0)
+    cache.put("old", bytes(BLOCK))
+    cache._writing.add("old")  # as if another thread were still writing it
+    assert cache.put("a", bytes(BLOCK))
+    assert cache.put("b", bytes(BLOCK))  # evicts "a", the oldest block not being written
+    assert cache.get("old", BLOCK) is not None
+    assert cache.get("a", BLOCK) is None
+    cache._writing.add("b")
+    assert not cache.put("c", bytes(BLOCK))  # every candidate is being written: refuse rather than overshoot
+    assert _on_disk(folder) <= 2 * BLOCK
+    cache._writing.clear()
+    assert cache.put("c", bytes(BLOCK))
+    assert _on_disk(folder) <= 2 * BLOCK

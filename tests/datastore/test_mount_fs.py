@@ -15,6 +15,7 @@ import ssl
 import pytest
 
 from aml_identity import default_credential
+from aml_identity.datastore import _fuse_fs
 from aml_identity.datastore._fuse_fs import BLOCK_SIZE, BlobFilesystem
 from aml_identity.datastore._rest import BearerToken, BlobRestClient
 from aml_identity.testing import FakeClock, IdentityEndpoint, StorageAuthProxy
@@ -113,4 +114,31 @@ def test_listings_are_trusted_for_attr_timeout_then_asked_again(storage_job, sto
     clock.advance(2)
     assert [e[0] for e in fs.readdir("/", 0)[2:]] == ["a.bin", "b.bin"]
     assert fs.getattr("/b.bin")["st_size"] == 1
+    fs.close()
+
+
+def test_listings_beyond_the_memory_bound_are_dropped_least_recently_used_first(
+    storage_job, store, azurite, open_proxy, monkeypatch
+):
+    store.seed({f"data/{d}/{i}.bin": b"x" for d in "abc" for i in range(2)})
+    monkeypatch.setattr(_fuse_fs, "MAX_CACHED_ENTRIES", 7)  # the root (3 entries) and two folders of two files
+    client = BlobRestClient(
+        open_proxy.blob_endpoint(),
+        BearerToken(default_credential()),
+        ssl_context=ssl.create_default_context(cafile=str(azurite.tls.cert)),
+    )
+    fs = _filesystem(client, store)
+
+    def listings() -> int:
+        return sum(1 for r in open_proxy.requests if r.action == "list")
+
+    for folder in ("/a", "/b", "/a", "/c"):  # a is used again before c arrives, so b is the one dropped
+        fs.opendir(folder)
+        fs.readdir(folder, 0)
+    before = listings()
+    fs.readdir("/a", 0)
+    fs.readdir("/c", 0)
+    assert listings() == before  # still cached
+    fs.readdir("/b", 0)
+    assert listings() == before + 1  # dropped, listed again
     fs.close()

@@ -149,6 +149,7 @@ class DiskCache:
         self._free_space = free_space
         self._lock = threading.Lock()
         self._index: OrderedDict[str, int] = OrderedDict()
+        self._writing: set[str] = set()  # blocks being written: never evicted (their file is not in place yet)
         self._bytes = 0
         os.makedirs(directory, mode=0o700, exist_ok=True)
         found: list[tuple[float, str, int]] = []
@@ -207,6 +208,7 @@ class DiskCache:
                 return False
             self._index[key] = size  # counted before it is written, so concurrent puts cannot overshoot
             self._bytes += size
+            self._writing.add(key)
         path = self._path(key)
         temporary = f"{path}.{threading.get_ident()}{_TMP_SUFFIX}"
         try:
@@ -217,29 +219,41 @@ class DiskCache:
             _log.warning("disk cache %s: could not write a block (%s); continuing without it", self.directory, exc)
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+            with self._lock:
+                self._writing.discard(key)
             self._drop(key)
             return False
+        with self._lock:
+            self._writing.discard(key)
         return True
 
     def _make_room(self, size: int) -> bool:
         """Evict least recently used blocks until ``size`` more bytes fit; called with the lock held."""
         if size > self.max_bytes:
             return False
-        while self._index and self._bytes + size > self.max_bytes:
-            self._evict_oldest()
+        while self._bytes + size > self.max_bytes:
+            if self._evict_oldest() is None:
+                return False  # what is left is being written right now
         try:
             free = self._free_space(self.directory)
         except OSError:
             return False
-        while self._index and free - size < self.reserve_bytes:
-            free += self._evict_oldest()
-        return free - size >= self.reserve_bytes
+        while free - size < self.reserve_bytes:
+            freed = self._evict_oldest()
+            if freed is None:
+                return False
+            free += freed
+        return True
 
-    def _evict_oldest(self) -> int:
-        key, size = self._index.popitem(last=False)
+    def _evict_oldest(self) -> int | None:
+        """Delete the least recently used block that is not being written; return its size (None: none)."""
+        victim = next((key for key in self._index if key not in self._writing), None)
+        if victim is None:
+            return None
+        size = self._index.pop(victim)
         self._bytes -= size
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(key))
+            os.unlink(self._path(victim))
         return size
 
     def _drop(self, key: str) -> None:

@@ -41,6 +41,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ MEMORY_CACHE_BYTES = 128 * 1024 * 1024
 # job, so a minute costs at most one listing request per directory per minute, while files written by others
 # show up within a minute. The kernel caches attributes for the same time.
 ATTR_CACHE_TTL_S = 60.0
+# Listing entries kept in memory across all cached folders (~300 bytes each: ~75 MB). Least recently used
+# folders are dropped beyond it (the folder just listed is always kept); blobfuse2 bounds its attribute cache too.
+MAX_CACHED_ENTRIES = 250_000
 # Upload: content up to this size is sent in one Put Blob, bigger files as staged blocks of
 # UPLOAD_BLOCK_BYTES (50,000 blocks x 8 MiB = 390 GiB, beyond any checkpoint) sent by UPLOAD_THREADS threads.
 UPLOAD_SINGLE_PUT_BYTES = 8 * 1024 * 1024
@@ -236,7 +240,8 @@ class BlobFilesystem:
         )
         self._own_staging = False
         self._staging_dir = staging_dir
-        self._listings: dict[str, _Listing] = {}
+        self._listings: OrderedDict[str, _Listing] = OrderedDict()
+        self._cached_entries = 0
         self._dir_locks: dict[str, threading.Lock] = {}
         self._lock = threading.RLock()  # the maps below and the listing cache
         self._virtual_dirs: set[str] = set()
@@ -359,6 +364,7 @@ class BlobFilesystem:
         with self._lock:
             cached = self._listings.get(path)
             if cached is not None and self._clock() - cached.fetched_at < self.attr_timeout:
+                self._listings.move_to_end(path)
                 return cached.entries
             dir_lock = self._dir_locks.setdefault(path, threading.Lock())
         with dir_lock:  # one listing per directory at a time; the others wait for it
@@ -369,8 +375,19 @@ class BlobFilesystem:
             started = self._clock()
             entries = self._fetch_listing(self.prefix if path == "/" else self._blob(path) + "/")
             with self._lock:
-                self._listings[path] = _Listing(entries, started)
+                self._store_listing(path, _Listing(entries, started))
             return entries
+
+    def _store_listing(self, path: str, listing: _Listing) -> None:
+        """Cache a listing, dropping the least recently used ones beyond MAX_CACHED_ENTRIES (lock held)."""
+        old = self._listings.pop(path, None)
+        if old is not None:
+            self._cached_entries -= len(old.entries)
+        self._listings[path] = listing
+        self._cached_entries += len(listing.entries)
+        while self._cached_entries > MAX_CACHED_ENTRIES and len(self._listings) > 1:
+            _, dropped = self._listings.popitem(last=False)
+            self._cached_entries -= len(dropped.entries)
 
     def _fetch_listing(self, prefix: str) -> dict[str, _Entry]:
         entries: dict[str, _Entry] = {}
@@ -407,11 +424,14 @@ class BlobFilesystem:
                 entries.pop(name, None)
             else:
                 entries[name] = entry
+            self._cached_entries += len(entries) - len(listing.entries)
             listing.entries = entries
 
     def _invalidate(self, path: str) -> None:
         with self._lock:
-            self._listings.pop(path, None)
+            dropped = self._listings.pop(path, None)
+            if dropped is not None:
+                self._cached_entries -= len(dropped.entries)
 
     def _local_children(self, path: str) -> dict[str, _Entry]:
         """Files being written and folders made through this mount, directly in ``path``."""
@@ -1045,8 +1065,13 @@ class BlobFilesystem:
     def _rename_dir(self, old: str, new: str, target: _Entry | None) -> int:
         with self._lock:
             virtual = old in self._virtual_dirs
-        if not virtual or target is not None or self._list_dir(old) or self._local_children(old):
+        if not virtual or target is not None or self._local_children(old):
             raise _os_error(errno.EXDEV)
+        try:
+            if self._list_dir(old):
+                raise _os_error(errno.EXDEV)
+        except StorageHttpError as exc:
+            raise self._fail(exc, "list", old) from None
         with self._lock:
             self._virtual_dirs.discard(old)
             self._virtual_dirs.add(new)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes.util
 import errno
+import importlib.util
 import logging
 import os
 import shutil
@@ -32,7 +33,7 @@ from aml_identity.errors import ConfigurationError, DatastoreError
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-__all__ = ["READY_PREFIX", "MountOptions", "fusermount", "is_stale", "serve"]
+__all__ = ["READY_PREFIX", "MountOptions", "check_fuse", "clear_stale", "fusermount", "is_stale", "serve"]
 
 _log = logging.getLogger("aml_identity.mount")
 
@@ -82,6 +83,23 @@ def _fusermount_binary() -> str:
         "fusermount3 was not found: install fuse3 (Debian/Ubuntu: apt-get install fuse3) to mount datastores.",
         name="fusermount3",
     )
+
+
+def check_fuse() -> None:
+    """Check that this machine can mount: /dev/fuse, fusermount3 and mfusepy (without loading libfuse).
+
+    Raises:
+        ConfigurationError: Something is missing; the message says what to install or how to run.
+    """
+    if not os.path.exists("/dev/fuse"):
+        raise ConfigurationError(
+            "/dev/fuse does not exist: this machine (or container) cannot mount FUSE file systems. In a container, "
+            "run it with --device /dev/fuse --cap-add SYS_ADMIN.",
+            name="/dev/fuse",
+        )
+    _fusermount_binary()
+    if importlib.util.find_spec("mfusepy") is None:
+        raise ConfigurationError("Mounting needs mfusepy: pip install 'aml-identity[mount]'.", name="mfusepy")
 
 
 def fusermount(path: str, *, lazy: bool = False) -> tuple[bool, str]:
@@ -193,12 +211,7 @@ def serve(options: MountOptions) -> int:  # noqa: C901, PLR0915 - the mount's wh
         DatastoreError: The container does not exist, or the mount failed.
     """
     env = JobEnvironment.from_environ()
-    if not os.path.exists("/dev/fuse"):
-        raise ConfigurationError(
-            "/dev/fuse does not exist: this machine (or container) cannot mount FUSE file systems. In a container, "
-            "run it with --device /dev/fuse --cap-add SYS_ADMIN.",
-            name="/dev/fuse",
-        )
+    check_fuse()
     fusermount_binary = _fusermount_binary()
     mfusepy = _load_mfusepy(env)
     made_mount_point = options.mount_point is None

@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Literal
 import aml_identity
 from aml_identity.datastore._fuse_cache import parse_size
 from aml_identity.datastore._fuse_fs import ATTR_CACHE_TTL_S
-from aml_identity.datastore._fuse_main import READY_PREFIX, clear_stale, fusermount, is_stale
+from aml_identity.datastore._fuse_main import READY_PREFIX, check_fuse, clear_stale, fusermount, is_stale
 from aml_identity.datastore.uri import DatastoreUri
 from aml_identity.errors import ConfigurationError, DatastoreError
 
@@ -55,6 +55,8 @@ UNMOUNT_TIMEOUT_S = 30.0
 _TERMINATE_GRACE_S = 5.0
 # Lines of the mount process's stderr kept to quote when it fails.
 _STDERR_TAIL_LINES = 40
+# What libfuse 3.14 prints at every mount with mfusepy; harmless (see docs/mount.md), so not copied to the job's log.
+_HARMLESS_LINES = frozenset({"Ignoring invalid max threads value 4294967295 > max (100000)."})
 _SOURCE_ROOT = str(Path(aml_identity.__file__).resolve().parents[1])
 
 
@@ -70,6 +72,8 @@ class _Pump(threading.Thread):
         with contextlib.suppress(OSError, ValueError):
             for raw in iter(self._stream.readline, b""):
                 line = raw.decode("utf-8", "replace")
+                if line.rstrip("\n") in _HARMLESS_LINES:
+                    continue
                 self._tail.append(line.rstrip("\n"))
                 if sys.stderr is not None:
                     with contextlib.suppress(OSError, ValueError):
@@ -87,6 +91,7 @@ class _State:
     tail: deque[str]
     pumps: list[_Pump] = field(default_factory=list)
     done: bool = False
+    owner_pid: int = field(default_factory=os.getpid)  # a forked child (a DataLoader worker) must not unmount
 
 
 def _end_process(state: _State) -> None:
@@ -116,7 +121,7 @@ def _end_process(state: _State) -> None:
 
 def _stop(state: _State) -> None:
     """Unmount, reap the mount process, clear a dead mount, remove the mount point if we made it."""
-    if state.done:
+    if state.done or os.getpid() != state.owner_pid:
         return
     state.done = True
     process = state.process
@@ -324,6 +329,7 @@ def mount(
             DataAccessDeniedError text naming the role to grant, or a missing container).
     """
     size, timeout = _check_arguments(mode, cache_size, attr_timeout)
+    check_fuse()
     text = str(DatastoreUri.parse(uri))
     options = ["--mode", mode, "--attr-timeout", repr(timeout), *_identity_arguments(credential)]
     if cache_dir is not None:
