@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("tokens", "transfer")
+BENCHMARKS = ("tokens", "transfer", "mount")
 
 
 def main(argv: list[str]) -> int:

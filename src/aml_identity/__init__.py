@@ -9,6 +9,8 @@ them with any Azure SDK client:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from aml_identity._retry import RetryPolicy
 from aml_identity.credential import CacheMode, JobCredential, default_credential, get_token
 from aml_identity.errors import (
@@ -22,6 +24,9 @@ from aml_identity.errors import (
 )
 from aml_identity.identity import ManagedIdentity, default_identity
 
+if TYPE_CHECKING:
+    from aml_identity.datastore.mount import Mount, mount
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -34,10 +39,27 @@ __all__ = [
     "IdentityUnavailableError",
     "JobCredential",
     "ManagedIdentity",
+    "Mount",
     "RetryPolicy",
     "TokenRequestError",
     "__version__",
     "default_credential",
     "default_identity",
     "get_token",
+    "mount",
 ]
+
+# Loaded on first use, so `import aml_identity` stays as light as the token path needs.
+_LAZY = {"Mount": "aml_identity.datastore.mount", "mount": "aml_identity.datastore.mount"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the datastore mount API on first access (``aml_identity.mount``, ``aml_identity.Mount``)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aml_identity' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -144,6 +144,8 @@ class JobEnvironment:
     local_rank: int | None = None
     ca_bundle: str | None = None
     run_id: str | None = None
+    # FUSE_LIBRARY_NAME / FUSE_LIBRARY_PATH (read by mfusepy itself): when set, `aml-identity mount` keeps them.
+    fuse_library_configured: bool = False
     from_process: bool = field(default=False, compare=False)
     specs_dir: str | None = None
 
@@ -214,6 +216,7 @@ class JobEnvironment:
             local_rank=local_rank,
             ca_bundle=_get(env, "REQUESTS_CA_BUNDLE") or _get(env, "CURL_CA_BUNDLE"),
             run_id=_get(env, "AZUREML_RUN_ID"),
+            fuse_library_configured=bool(_get(env, "FUSE_LIBRARY_NAME") or _get(env, "FUSE_LIBRARY_PATH")),
             from_process=env is os.environ,
             specs_dir=_get(env, "AML_IDENTITY_SPECS_DIR"),
         )

@@ -1,4 +1,4 @@
-"""``aml-identity download URI DEST`` and ``aml-identity upload SRC URI`` (registered by :mod:`aml_identity.cli`)."""
+"""``aml-identity download``, ``upload`` and ``mount`` (registered by :mod:`aml_identity.cli`)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_common(up)
     up.set_defaults(handler=_upload)
 
+    mnt = subparsers.add_parser(
+        "mount",
+        help="mount a datastore folder with the job identity (FUSE), in the foreground",
+        description="Mount the folder a datastore URI names, read-only or read-write, with the job's identity, and "
+        "serve it until unmounted (fusermount3 -u), SIGTERM or Ctrl-C. Prints 'mounted URI at PATH (MODE)' when "
+        "ready. See docs/mount.md.",
+    )
+    mnt.add_argument("uri", help="datastore URI (azureml://, wasbs://, abfss://, https://); its path is mounted")
+    mnt.add_argument(
+        "mount_point", nargs="?", default=None, help="empty folder to mount on (default: a new temp folder)"
+    )
+    mnt.add_argument("--mode", choices=("ro", "rw"), default="ro", help="read-only (default) or read-write")
+    mnt.add_argument("--cache-dir", metavar="D", help="disk block cache (and rw staging) folder")
+    mnt.add_argument("--cache-size", metavar="SIZE", help="disk cache limit, e.g. 20GiB (default: half the free space)")
+    mnt.add_argument(
+        "--attr-timeout", type=float, default=None, metavar="S", help="seconds listings are trusted (default 60)"
+    )
+    mnt.add_argument("--client-id", help="use this user-assigned identity instead of the default")
+    mnt.add_argument("--object-id", help=argparse.SUPPRESS)
+    mnt.add_argument("--resource-id", help=argparse.SUPPRESS)
+    mnt.add_argument("--exit-with-stdin", action="store_true", help=argparse.SUPPRESS)  # used by mount()
+    mnt.set_defaults(handler=_mount)
+
 
 def _progress(args: argparse.Namespace) -> bool | None:
     return False if args.no_progress else None
@@ -97,3 +120,32 @@ def _upload(args: argparse.Namespace) -> int:
         args.src, args.uri, overwrite=args.overwrite, max_concurrency=args.max_concurrency, progress=_progress(args)
     )
     return _report(args, result)
+
+
+def _mount(args: argparse.Namespace) -> int:
+    from aml_identity.datastore._fuse_cache import parse_size  # noqa: PLC0415 - keep `--help` fast
+    from aml_identity.datastore._fuse_fs import ATTR_CACHE_TTL_S  # noqa: PLC0415
+    from aml_identity.datastore._fuse_main import MountOptions, serve  # noqa: PLC0415
+    from aml_identity.errors import ConfigurationError  # noqa: PLC0415
+
+    try:
+        cache_size = parse_size(args.cache_size) if args.cache_size is not None else None
+    except ValueError as exc:
+        raise ConfigurationError(f"--cache-size {args.cache_size}: {exc}.", name="--cache-size") from None
+    attr_timeout = ATTR_CACHE_TTL_S if args.attr_timeout is None else args.attr_timeout
+    if attr_timeout < 0:
+        raise ConfigurationError("--attr-timeout must be 0 or more seconds.", name="--attr-timeout")
+    return serve(
+        MountOptions(
+            uri=args.uri,
+            mount_point=args.mount_point,
+            mode=args.mode,
+            cache_dir=args.cache_dir,
+            cache_size=cache_size,
+            attr_timeout=attr_timeout,
+            client_id=args.client_id,
+            object_id=args.object_id,
+            resource_id=args.resource_id,
+            exit_with_stdin=args.exit_with_stdin,
+        )
+    )

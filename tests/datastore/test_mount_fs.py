@@ -1,0 +1,144 @@
+"""The mount's file system object in-process, where the clock and the retry sleeps can be injected.
+
+``BlobFilesystem`` is what the mount process hands to libfuse; here its callbacks are called directly, as the
+kernel would, so that tokens can expire every 60 emulated seconds during a long read and a storage outage can
+exhaust the retries without waiting for either.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import ssl
+
+import pytest
+
+from aml_identity import default_credential
+from aml_identity.datastore import _fuse_fs
+from aml_identity.datastore._fuse_fs import BLOCK_SIZE, BlobFilesystem
+from aml_identity.datastore._rest import BearerToken, BlobRestClient
+from aml_identity.testing import FakeClock, IdentityEndpoint, StorageAuthProxy
+
+pytestmark = pytest.mark.azurite
+
+TOKEN_LIFETIME_S = 60
+FUSE_READ = 128 * 1024  # what the kernel asks for per read
+STEP_S = 2  # emulated seconds per read: the reader is slow (a training step between reads)
+
+
+def _filesystem(client, store, **options) -> BlobFilesystem:
+    return BlobFilesystem(client, account="devstoreaccount1", container=store.name, prefix="data/", **options)
+
+
+def test_tokens_expiring_every_60_s_during_a_long_read_cause_no_failed_request(storage_job, clean_env, store, azurite):
+    content = random.Random(2).randbytes(5 * BLOCK_SIZE + 777)
+    store.seed({"data/long.bin": content})
+    clock = FakeClock()
+    with (
+        IdentityEndpoint(token_lifetime=TOKEN_LIFETIME_S, clock=clock) as endpoint,
+        StorageAuthProxy(
+            f"https://127.0.0.1:{azurite.port}", authorizer=lambda *_, **__: True, tls=azurite.tls, clock=clock
+        ) as proxy,
+    ):
+        for name, value in endpoint.azureml_environ().items():
+            clean_env.setenv(name, value)
+        credential = default_credential(clock=clock, cache="process")
+        client = BlobRestClient(
+            proxy.blob_endpoint(),
+            BearerToken(credential),
+            ssl_context=ssl.create_default_context(cafile=str(azurite.tls.cert)),
+        )
+        # No read-ahead: a block fetched ahead would carry a token minted long (in emulated time) before it lands.
+        fs = _filesystem(client, store, read_ahead_blocks=0)
+        start = clock()
+        fh = fs.open("/long.bin", os.O_RDONLY)
+        read = bytearray()
+        for offset in range(0, len(content), FUSE_READ):
+            read += fs.read(None, FUSE_READ, offset, fh)
+            clock.advance(STEP_S)
+        fs.release(None, fh)
+        fs.close()
+        elapsed = clock() - start
+        statuses = proxy.statuses()
+        tokens_used = {r.token_id for r in proxy.requests}
+
+    assert bytes(read) == content
+    assert elapsed >= 5 * TOKEN_LIFETIME_S
+    assert set(statuses) <= {200, 206}, statuses  # not one 403 "token expired"
+    assert len(tokens_used) >= elapsed // TOKEN_LIFETIME_S  # a fresh token at least once per lifetime
+
+
+def test_a_storage_outage_after_retries_is_eio_with_a_log_line(storage_job, store, azurite, caplog):
+    store.seed({"data/a.bin": b"a" * 1000})
+    clock = FakeClock()
+    proxy = StorageAuthProxy(f"https://127.0.0.1:{azurite.port}", authorizer=lambda *_, **__: True, tls=azurite.tls)
+    proxy.start()
+    try:
+        client = BlobRestClient(
+            proxy.blob_endpoint(),
+            BearerToken(default_credential()),
+            ssl_context=ssl.create_default_context(cafile=str(azurite.tls.cert)),
+            sleep=clock.sleep,
+        )
+        fs = _filesystem(client, store)
+        assert fs.getattr("/a.bin")["st_size"] == 1000  # listed while storage was up
+    finally:
+        proxy.stop()  # storage goes away...
+    client.close()  # ...and with it the connections that were open to it
+    fh = fs.open("/a.bin", os.O_RDONLY)
+    with pytest.raises(OSError) as caught:
+        fs.read(None, FUSE_READ, 0, fh)
+    assert caught.value.errno == errno.EIO
+    assert len(clock.sleeps) >= 3  # it was retried (with backoff) before giving up
+    assert "read of" in caplog.text
+    assert "failed (EIO)" in caplog.text
+    fs.close()
+
+
+def test_listings_are_trusted_for_attr_timeout_then_asked_again(storage_job, store, azurite):
+    store.seed({"data/a.bin": b"a"})
+    clock = FakeClock()
+    client = BlobRestClient(
+        azurite.blob_endpoint("devstoreaccount1"),
+        BearerToken(default_credential()),
+        ssl_context=ssl.create_default_context(cafile=str(azurite.tls.cert)),
+    )
+    fs = _filesystem(client, store, attr_timeout=60, clock=clock)
+    assert [e[0] for e in fs.readdir("/", 0)[2:]] == ["a.bin"]
+    store.seed({"data/b.bin": b"b"})
+    clock.advance(59)
+    assert [e[0] for e in fs.readdir("/", 0)[2:]] == ["a.bin"]  # within the TTL: the cached listing
+    with pytest.raises(FileNotFoundError):
+        fs.getattr("/b.bin")
+    clock.advance(2)
+    assert [e[0] for e in fs.readdir("/", 0)[2:]] == ["a.bin", "b.bin"]
+    assert fs.getattr("/b.bin")["st_size"] == 1
+    fs.close()
+
+
+def test_listings_beyond_the_memory_bound_are_dropped_least_recently_used_first(
+    storage_job, store, azurite, open_proxy, monkeypatch
+):
+    store.seed({f"data/{d}/{i}.bin": b"x" for d in "abc" for i in range(2)})
+    monkeypatch.setattr(_fuse_fs, "MAX_CACHED_ENTRIES", 7)  # the root (3 entries) and two folders of two files
+    client = BlobRestClient(
+        open_proxy.blob_endpoint(),
+        BearerToken(default_credential()),
+        ssl_context=ssl.create_default_context(cafile=str(azurite.tls.cert)),
+    )
+    fs = _filesystem(client, store)
+
+    def listings() -> int:
+        return sum(1 for r in open_proxy.requests if r.action == "list")
+
+    for folder in ("/a", "/b", "/a", "/c"):  # a is used again before c arrives, so b is the one dropped
+        fs.opendir(folder)
+        fs.readdir(folder, 0)
+    before = listings()
+    fs.readdir("/a", 0)
+    fs.readdir("/c", 0)
+    assert listings() == before  # still cached
+    fs.readdir("/b", 0)
+    assert listings() == before + 1  # dropped, listed again
+    fs.close()
