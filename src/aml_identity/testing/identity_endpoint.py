@@ -840,6 +840,9 @@ class _Handler(BaseHTTPRequestHandler):
     """One connection: HTTP/1.1 keep-alive, every method routed to :meth:`IdentityEndpoint._serve`."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm and the client's delayed ACKs each
+    # response on a kept-alive connection would wait ~40 ms.
+    disable_nagle_algorithm = True
     server_version = "aml-identity-emulator"
     timeout = _IDLE_CONNECTION_TIMEOUT_S
     server: _Server

@@ -164,6 +164,9 @@ def _remint(claims: dict[str, Any]) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm and the client's delayed ACKs each
+    # response would wait ~40 ms.
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:
@@ -213,13 +216,16 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
             while length > 0:  # drain the refused request's body to keep the connection usable
                 length -= len(self.rfile.read(min(_CHUNK, length)))
-            self._deny(*refusal)
+            # Recorded before the client can see the answer, so a test reading `requests` after its call returns
+            # sees every request of that call.
             proxy.record(ProxiedRequest(self.command, path, url.query, rng, principal, action, 403, token_id))
+            self._deny(*refusal)
             return
         if claims and proxy.clock is not None:
             self.headers.replace_header("Authorization", "Bearer " + _remint(claims))
-        status = self._forward(chunked_body)
-        proxy.record(ProxiedRequest(self.command, path, url.query, rng, principal, action, status, token_id))
+        response = self._forward(chunked_body)
+        proxy.record(ProxiedRequest(self.command, path, url.query, rng, principal, action, response.status, token_id))
+        self._relay(response)
 
     def _deny(self, code: str, auth_detail: str) -> None:
         request_id = str(uuid.uuid4())
@@ -249,9 +255,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._upstream = http.client.HTTPSConnection(
                 proxy.upstream_host, proxy.upstream_port, timeout=_UPSTREAM_TIMEOUT_S, context=proxy.upstream_context
             )
+            self._upstream.connect()
+            # Streamed bodies go out after the headers in separate writes: no Nagle delay on their last segment.
+            self._upstream.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self._upstream
 
-    def _forward(self, chunked_body: bytes | None) -> int:
+    def _forward(self, chunked_body: bytes | None) -> http.client.HTTPResponse:
         proxy = self.server.proxy
         for attempt in range(2):
             conn = self._connection()
@@ -283,8 +292,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._upstream = None
                 if attempt or (chunked_body is None and int(self.headers.get("Content-Length") or 0)):
                     raise  # a streamed body cannot be sent twice
-        self._relay(response)
-        return response.status
+        return response
 
     def _relay(self, response: http.client.HTTPResponse) -> None:
         self.send_response_only(response.status, response.reason)
