@@ -20,9 +20,11 @@ $(STAMP_NODE): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The main demo: an example training job, end to end against the emulators and Azurite.
+# The main demo: an example training job, end to end against the emulators and Azurite: it resolves its
+# azureml:// datastores through the ARM emulator, downloads its data once per node for 4 ranks, and uploads its
+# outputs on exit, with the identity's storage role enforced.
 demo: setup
-	$(VENV)/bin/aml-identity sandbox --datastore training_data=examples/data -- $(PY) examples/train_job.py
+	$(VENV)/bin/aml-identity sandbox --arm --datastore training_data=examples/data --datastore outputs -- $(PY) examples/data_job.py
 
 # Everything CI checks: lint, types, then the test suite (which also runs the examples).
 test: lint typecheck pytest

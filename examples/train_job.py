@@ -4,7 +4,7 @@ It starts 4 ranks, as ``torchrun --nproc-per-node 4`` would on one node. Every r
 credential and reads its shard of the training data; rank 0 writes the result. However many ranks there are,
 the node makes one request to the identity endpoint: the ranks share the node-wide token cache.
 
-Offline, against the emulators and Azurite (this is ``make demo``)::
+Offline, against the emulators and Azurite::
 
     aml-identity sandbox --datastore training_data=examples/data -- python examples/train_job.py
 

@@ -71,3 +71,18 @@ def test_no_role_gives_the_identity_the_account_and_the_fix_and_granting_it_work
     upload(tmp_path / "out", store.uri("results/"), progress=False, environ=env)
     assert store.read("results/y.txt") == b"y"
     assert proxy.statuses()[403] == 2
+
+
+def test_an_upload_without_any_role_names_the_write_role_even_when_its_listing_is_refused(guarded, tmp_path):
+    proxy, env, _, _ = guarded
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "y.txt").write_text("y")
+
+    with pytest.raises(DataAccessDeniedError) as caught:
+        upload(tmp_path / "out", "wasbs://outputs@devstoreaccount1.blob.core.windows.net/run/", progress=False,
+               environ=env)  # fmt: skip
+
+    # The upload lists its destination first; Reader would fix that request and fail the next one.
+    assert (caught.value.operation, caught.value.role) == ("list", "Storage Blob Data Contributor")
+    assert "(to write there)" in str(caught.value)
+    assert proxy.statuses() == {403: 1}

@@ -43,6 +43,7 @@ def convert_storage_error(
     container: str,
     operation: Operation,
     token: BearerToken,
+    purpose: Operation | None = None,
 ) -> AmlIdentityError:
     """Return the aml-identity error for a failed Blob service call.
 
@@ -52,6 +53,8 @@ def convert_storage_error(
         container: The container.
         operation: What was attempted.
         token: The token holder the request used (its claims name the identity).
+        purpose: What the caller is doing, when more than ``operation`` (an upload lists its destination
+            first): the role named is the one ``purpose`` needs, so granting it fixes the whole call.
 
     Returns:
         :class:`DataAccessDeniedError` for a missing role, :class:`DatastoreError` for a missing container
@@ -60,7 +63,8 @@ def convert_storage_error(
     code = error.code or ""
     if error.status == 403 and code in _AUTHORIZATION_CODES:  # noqa: PLR2004 - HTTP status
         client_id, object_id, who = _identity(token)
-        role = ROLE_FOR[operation]
+        role = ROLE_FOR[purpose or operation]
+        why = f" (to {purpose} there)" if purpose and purpose != operation else ""
         assignee = object_id or "<the identity's object id>"
         network = (
             " (AuthorizationFailure can also mean the account's firewall or private-endpoint rules block this network.)"
@@ -69,7 +73,7 @@ def convert_storage_error(
         )
         return DataAccessDeniedError(
             f"Storage account {account!r} refused to let the identity ({who}) {_VERB[operation]} container "
-            f"{container!r}: HTTP 403 {code}.{network} Grant the identity the '{role}' role on the storage "
+            f"{container!r}{why}: HTTP 403 {code}.{network} Grant the identity the '{role}' role on the storage "
             f"account (or the container), for example\n"
             f"  az role assignment create --assignee-object-id {assignee} --assignee-principal-type "
             f'ServicePrincipal --role "{role}" --scope <the storage account resource id>\n'

@@ -104,6 +104,7 @@ class _Upload:
             container=self.loc.container,
             operation=operation,  # type: ignore[arg-type]
             token=self.client.token,
+            purpose="write",  # every request of an upload, its listing too, is fixed by the write role
         )
 
     def existing(self, prefix: str) -> dict[str, BlobItem]:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from aml_identity.errors import ConfigurationError
+from aml_identity.testing._identities import DEFAULT_STORAGE_ROLE
 
 __all__ = ["register"]
 
@@ -38,7 +39,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sandbox.add_argument(
         "--arm",
         action="store_true",
-        help="also run the ARM emulator (workspace, datastores, identity uai-sandbox; needs the official specs)",
+        help="also run the ARM emulator (workspace, datastores, identity uai-sandbox; needs the official specs) "
+        "and enforce its storage role assignments as Azure storage does",
+    )
+    sandbox.add_argument(
+        "--storage-role",
+        default=DEFAULT_STORAGE_ROLE,
+        metavar="ROLE",
+        help=f"with --arm, the data role the identity holds on the storage account (default: {DEFAULT_STORAGE_ROLE}; "
+        "`none` for no role, to see what a job without one gets)",
     )
     sandbox.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the job to run")
     sandbox.set_defaults(handler=_sandbox)
@@ -54,10 +63,16 @@ def _sandbox(args: argparse.Namespace) -> int:
     if args.token_lifetime <= 0:
         raise ConfigurationError("--token-lifetime must be a positive number of seconds.", name="--token-lifetime")
     seeds = [DatastoreSeed.parse(text) for text in args.datastore]
-    with Sandbox(identity=args.identity, datastores=seeds, token_lifetime=args.token_lifetime, arm=args.arm) as sandbox:
+    if args.storage_role != DEFAULT_STORAGE_ROLE and not args.arm:
+        raise ConfigurationError("--storage-role needs --arm (roles live in the ARM emulator).", name="--storage-role")
+    role = None if args.storage_role.lower() == "none" else args.storage_role
+    with Sandbox(
+        identity=args.identity, datastores=seeds, token_lifetime=args.token_lifetime, arm=args.arm, storage_role=role
+    ) as sandbox:
         print(
             f"aml-identity sandbox: {sandbox.identity.kind}-assigned identity {sandbox.identity.client_id}, "
-            f"identity endpoint {sandbox.endpoint.url}, Azurite {sandbox.azurite.blob_endpoint()}",
+            f"identity endpoint {sandbox.endpoint.url}, storage {sandbox.blob_endpoint()}"
+            + (f" ({role or 'no role'} enforced)" if args.arm else ""),
             file=sys.stderr,
         )
         code = sandbox.run(command)

@@ -13,6 +13,7 @@ from aml_identity.errors import ConfigurationError
 __all__ = [
     "DEFAULT_COMPUTE",
     "DEFAULT_RESOURCE_GROUP",
+    "DEFAULT_STORAGE_ROLE",
     "DEFAULT_SUBSCRIPTION_ID",
     "DEFAULT_WORKSPACE",
     "EmulatedIdentity",
@@ -24,6 +25,9 @@ DEFAULT_SUBSCRIPTION_ID = "5ab5c1e7-0000-4000-8000-00000000a11d"
 DEFAULT_RESOURCE_GROUP = "rg-aml"
 DEFAULT_WORKSPACE = "ws-aml"
 DEFAULT_COMPUTE = "cpu-cluster"
+# The data-plane role `Sandbox(arm=True)` grants the compute's identity on the storage account unless told
+# otherwise: what a job that reads its inputs and writes its outputs needs (Reader alone cannot upload).
+DEFAULT_STORAGE_ROLE = "Storage Blob Data Contributor"
 
 # ARM names: letters, digits, '-', '_', '.', starting with a letter or digit. Deliberately looser than each
 # resource provider's own rule (user-assigned identities allow 3-128 chars, computes 2-24): the emulator only

@@ -28,6 +28,7 @@ from aml_identity.errors import ConfigurationError
 from aml_identity.testing._identities import (
     DEFAULT_COMPUTE,
     DEFAULT_RESOURCE_GROUP,
+    DEFAULT_STORAGE_ROLE,
     DEFAULT_SUBSCRIPTION_ID,
     DEFAULT_WORKSPACE,
     EmulatedIdentity,
@@ -38,6 +39,7 @@ from aml_identity.testing.identity_endpoint import IdentityEndpoint
 
 if TYPE_CHECKING:
     from aml_identity.testing.arm import ArmEmulator
+    from aml_identity.testing.storage_proxy import StorageAuthProxy
 
 __all__ = ["DatastoreSeed", "Sandbox"]
 
@@ -133,6 +135,7 @@ class Sandbox:
         token_lifetime: int = 86_400,
         workdir: Path | None = None,
         arm: bool = False,
+        storage_role: str | None = DEFAULT_STORAGE_ROLE,
     ) -> None:
         """Configure (not start) the sandbox.
 
@@ -145,7 +148,12 @@ class Sandbox:
             arm: Also run the ARM emulator (needs the official specs, see
                 :class:`~aml_identity.testing.ArmEmulator`), seeded with the workspace, its datastores, the
                 ``devstoreaccount1`` storage account, a user-assigned identity ``uai-sandbox`` and a container
-                registry, and point ``AML_IDENTITY_ARM_ENDPOINT`` at it.
+                registry, and point ``AML_IDENTITY_ARM_ENDPOINT`` at it. Storage then sits behind a
+                :class:`~aml_identity.testing.StorageAuthProxy` that enforces the emulator's role assignments, as
+                Azure storage does: a request without a data role gets Azure's 403 ``AuthorizationPermissionMismatch``.
+            storage_role: With ``arm``, the role granted to the compute's identity on the storage account
+                (``None``: no role, to see what a job without one gets). Roles can also be granted while the job
+                runs, through the ARM emulator (``grant_data_access``).
         """
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="aml-identity-sandbox-"))
@@ -160,6 +168,8 @@ class Sandbox:
         self.azurite = Azurite(workdir=self.workdir / "azurite", tls=self.tls)
         self.run_id = f"sandbox_{uuid.uuid4().hex[:12]}"
         self.arm: ArmEmulator | None = None
+        self.storage_role = storage_role
+        self.storage_proxy: StorageAuthProxy | None = None
         if arm:
             from aml_identity.testing.arm import ArmEmulator  # noqa: PLC0415 - loads the specs only when asked
 
@@ -177,6 +187,7 @@ class Sandbox:
             if self.arm is not None:
                 self.arm.start()
                 self._seed_arm(self.arm)
+                self.storage_proxy = self._start_storage_proxy(self.arm)
         except BaseException:
             self.stop()
             raise
@@ -220,6 +231,21 @@ class Sandbox:
                 is_default=index == 0,
             )  # fmt: skip
 
+    def _start_storage_proxy(self, arm: ArmEmulator) -> StorageAuthProxy:
+        from aml_identity.testing.storage_proxy import StorageAuthProxy  # noqa: PLC0415 - with --arm only
+
+        if self.storage_role is not None:
+            account = arm.add_storage_account(DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP, DEVSTORE_ACCOUNT)
+            arm.add_role_assignment(account, self.identity.object_id, self.storage_role)
+        upstream = f"https://127.0.0.1:{self.azurite.port}"
+        return StorageAuthProxy(upstream, authorizer=arm.has_data_role, tls=self.tls).start()
+
+    def blob_endpoint(self) -> str:
+        """Return the blob endpoint jobs use: the role-checking proxy with ``arm``, else Azurite itself."""
+        if self.storage_proxy is not None:
+            return self.storage_proxy.blob_endpoint(DEVSTORE_ACCOUNT)
+        return self.azurite.blob_endpoint()
+
     def environ(self) -> dict[str, str]:
         """Return the variables a job sees (on top of the caller's environment, minus foreign identity ones)."""
         guard_dir = self.workdir / "guard"
@@ -233,7 +259,7 @@ class Sandbox:
                 "AZUREML_ARM_RESOURCEGROUP": DEFAULT_RESOURCE_GROUP,
                 "AZUREML_ARM_WORKSPACE_NAME": DEFAULT_WORKSPACE,
                 "AZUREML_RUN_ID": self.run_id,
-                "AML_IDENTITY_BLOB_ENDPOINTS": json.dumps({DEVSTORE_ACCOUNT: self.azurite.blob_endpoint()}),
+                "AML_IDENTITY_BLOB_ENDPOINTS": json.dumps({DEVSTORE_ACCOUNT: self.blob_endpoint()}),
                 "AML_IDENTITY_CACHE_DIR": str(self.workdir / "token-cache"),
                 "AML_IDENTITY_LOOPBACK_ONLY": "1",
                 "PYTHONPATH": python_path,
@@ -284,12 +310,17 @@ class Sandbox:
         )
         if self.arm is not None:
             text += f"; ARM emulator: {len(self.arm.requests)} request(s)"
+        if self.storage_proxy is not None:
+            statuses = self.storage_proxy.statuses()
+            text += f"; storage: {sum(statuses.values())} request(s), {statuses[403]} denied"  # 403: no role
         return text
 
     def stop(self) -> None:
         """Stop the emulators and delete the temporary work folder."""
         self.endpoint.release_hangs()
         self.endpoint.stop()
+        if self.storage_proxy is not None:
+            self.storage_proxy.stop()
         self.azurite.stop()
         if self.arm is not None:
             self.arm.stop()

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import requests
 
+import aml_identity
+from aml_identity.cli import main
 from aml_identity.testing.sandbox import ARM_SEEDED_IDENTITY, DatastoreSeed, Sandbox
+
+SRC = str(Path(aml_identity.__file__).resolve().parents[1])
 
 
 @pytest.mark.azurite
@@ -46,3 +55,50 @@ def test_sandbox_with_arm_seeds_the_workspace_and_datastores(tmp_path):
         )
         assert identity.status_code == 200
         assert "ARM emulator: " in sandbox.summary()
+
+
+JOB = """
+import sys
+from aml_identity.datastore import download
+from aml_identity.errors import DataAccessDeniedError
+try:
+    result = download("azureml://datastores/training_data/paths/", sys.argv[1], progress=False)
+except DataAccessDeniedError as error:
+    print("denied:", error.role)
+    sys.exit(4)
+print("files:", result.files)
+"""
+
+
+def _sandbox(tmp_path, *options: str) -> subprocess.CompletedProcess[str]:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "rows.csv").write_text("a,b\n")
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    environ = {k: v for k, v in os.environ.items() if k not in ("MSI_ENDPOINT", "MSI_SECRET")}
+    environ["PYTHONPATH"] = SRC
+    return subprocess.run(
+        [sys.executable, "-m", "aml_identity", "sandbox", "--arm", *options, "--datastore", f"training_data={data}",
+         "--", sys.executable, str(script), str(tmp_path / "out")],
+        env=environ, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.azurite
+def test_sandbox_with_arm_enforces_storage_roles_as_azure_does(tmp_path):
+    granted = _sandbox(tmp_path)
+    assert granted.returncode == 0, granted.stderr
+    assert "files: 1" in granted.stdout
+    assert "(Storage Blob Data Contributor enforced)" in granted.stderr
+    assert ", 0 denied" in granted.stderr
+
+    refused = _sandbox(tmp_path, "--storage-role", "none")
+    assert refused.returncode == 4, refused.stderr
+    assert "denied: Storage Blob Data Reader" in refused.stdout
+    assert ", 1 denied" in refused.stderr
+
+
+def test_sandbox_storage_role_needs_arm(capsys):
+    assert main(["sandbox", "--storage-role", "Storage Blob Data Reader", "--", "true"]) == 1
+    assert "--storage-role needs --arm" in capsys.readouterr().err
