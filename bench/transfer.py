@@ -365,10 +365,17 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+def _invocation(run: dict[str, Any]) -> str:
+    command = " ".join(["python -m bench transfer", *run["argv"]])
+    started = f" from {run['started']}" if run.get("started") else ""
+    note = f"; {run['note']}" if run.get("note") else ""
+    return f"`{command}` (about {run['minutes']} minutes{started}{note})"
+
+
 def table(measurements: list[Measurement], args: argparse.Namespace, facts: dict[str, Any]) -> str:
     workloads = QUICK if args.quick else FULL
     clients = tuple(args.clients.split(",")) if args.clients else CLIENTS
-    command = " ".join(["python -m bench transfer", *args.argv])
+    commands = "; ".join(_invocation(run) for run in facts["invocations"])
     repeats = ", ".join(f"{w.label}: {args.repeat or w.repeats}" for w in workloads)
     lines = [
         "## Datastore transfers",
@@ -377,7 +384,7 @@ def table(measurements: list[Measurement], args: argparse.Namespace, facts: dict
             f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; "
             f"{versions('azure-storage-blob', 'azure-core', 'adlfs', 'fsspec', 'aiohttp', 'requests')}; Azurite "
             f"{azurite_version()} {'on disk' if args.disk_azurite else 'in memory'}, HTTPS with bearer tokens; local "
-            f"files on {facts['scratch']}. Command: `{command}` (about {facts['minutes']} minutes)."
+            f"files on {facts['scratch']}. Command: {commands}."
         ),
         "",
         (
@@ -468,19 +475,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disk", action="store_true", help="local files on disk instead of /dev/shm")
     parser.add_argument("--output", type=Path, default=PERFORMANCE_MD, help="markdown file to update")
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement as JSON here")
-    parser.add_argument("--from-json", type=Path, default=None, help="only write the table, from a --json file")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        action="append",
+        default=[],
+        help="only write the table, from --json files (repeatable: their cells are combined, each run listed)",
+    )
     args = parser.parse_args(argv)
     args.argv = argv if argv is not None else sys.argv[1:]
     if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        facts = saved.get("facts", {"scratch": "tmpfs (/dev/shm)", "minutes": "?"})
-        args.argv = facts.get("argv", args.argv)
-        measurements = [Measurement(**m) for m in saved["measurements"]]
+        measurements, invocations = [], []
+        for path in args.from_json:
+            saved = json.loads(path.read_text())
+            invocations.append(saved["facts"])
+            measurements += [Measurement(**m) for m in saved["measurements"]]
+        facts: dict[str, Any] = {"scratch": invocations[0]["scratch"], "invocations": invocations}
     else:
         started = time.monotonic()
+        began = time.strftime("%H:%M UTC", time.gmtime())
         measurements, facts = benchmark(args)
-        facts["minutes"] = f"{(time.monotonic() - started) / 60:.0f}"
-        facts["argv"] = args.argv
+        facts.update(minutes=f"{(time.monotonic() - started) / 60:.0f}", argv=args.argv, started=began)
+        facts["invocations"] = [dict(facts)]
     if args.json:
         args.json.write_text(json.dumps({"facts": facts, "measurements": [m.__dict__ for m in measurements]}, indent=1))
     update_section("transfer", table(measurements, args, facts), args.output)
