@@ -23,24 +23,20 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from aml_identity.datastore._engine import Counters, Engine, Progress
-from aml_identity.datastore._errors import convert_storage_error
+from aml_identity.datastore._engine import BUFFER_SIZE, Counters, Engine, Progress, Transfer
 from aml_identity.datastore._journal import Journal
 from aml_identity.datastore._paths import JOURNAL_SUFFIX, PARTIAL_SUFFIX, ensure_parent, local_path_for, partial_path
 from aml_identity.datastore._rest import BlobItem, BlobRestClient, StorageHttpError
 from aml_identity.datastore.resolve import BlobLocation
 from aml_identity.errors import TransferError
 
-__all__ = ["BUFFER_SIZE", "RANGE_SIZE", "SINGLE_GET_MAX", "run_download"]
+__all__ = ["RANGE_SIZE", "SINGLE_GET_MAX", "run_download"]
 
 # Range size of a large blob: big enough that per-request cost vanishes (~0.3 ms of CPU per 8 MiB), small
 # enough that a resume re-fetches little and that a file of a few ranges is already fetched in parallel.
 RANGE_SIZE = 8 * 1024 * 1024
 # Blobs up to one range are fetched with a single GET (no journal: an interrupted one restarts).
 SINGLE_GET_MAX = RANGE_SIZE
-# Each worker reads the response into one buffer this size and writes it out: memory stays at
-# workers x 1 MiB whatever the file sizes, and each os.pwrite is a large contiguous write.
-BUFFER_SIZE = 1024 * 1024
 _NS = 1_000_000_000
 
 
@@ -70,7 +66,7 @@ class _RangedFile:
         self.lock = threading.Lock()
 
 
-class _Download:
+class _Download(Transfer):
     def __init__(  # noqa: PLR0917 - private; built in one place
         self,
         location: BlobLocation,
@@ -82,33 +78,10 @@ class _Download:
         *,
         resume: bool,
     ) -> None:
-        self.loc = location
+        super().__init__(location, client, engine, counters, progress)
         self.dest = dest
-        self.client = client
-        self.engine = engine
-        self.counters = counters
-        self.progress = progress
         self.resume = resume
         self.created_dirs: set[str] = set()
-        self._local = threading.local()
-
-    # -- helpers -------------------------------------------------------------------------------------
-
-    def _buffer(self) -> memoryview:
-        buf: memoryview | None = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = memoryview(bytearray(BUFFER_SIZE))
-            self._local.buf = buf
-        return buf
-
-    def _storage_error(self, error: StorageHttpError, operation: str = "read") -> Exception:
-        return convert_storage_error(
-            error,
-            account=self.loc.account,
-            container=self.loc.container,
-            operation=operation,  # type: ignore[arg-type]
-            token=self.client.token,
-        )
 
     def pages(self, prefix: str) -> Iterator[list[BlobItem]]:
         """Yield listing pages under ``prefix``."""
@@ -180,7 +153,7 @@ class _Download:
                         self.loc.container, item.name, offset=0, length=size, etag=item.etag, sink=sink
                     )
                 except StorageHttpError as exc:
-                    raise self._storage_error(exc) from None
+                    raise self._storage_error(exc, "read") from None
                 if item.content_md5 is not None and md5 != item.content_md5:
                     raise self._corrupt(item, partial)
         finally:
@@ -270,7 +243,7 @@ class _Download:
                     self.loc.container, item.name, offset=offset, length=length, etag=item.etag, sink=sink
                 )
             except StorageHttpError as exc:
-                raise self._storage_error(exc) from None
+                raise self._storage_error(exc, "read") from None
         finally:
             os.close(fd)
         state.journal.record(index)

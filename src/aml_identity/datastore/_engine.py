@@ -15,9 +15,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-__all__ = ["Counters", "Engine", "Progress", "TransferCancelledError"]
+from aml_identity.datastore._errors import Operation, convert_storage_error
+
+if TYPE_CHECKING:
+    from aml_identity.datastore._rest import BlobRestClient, StorageHttpError
+    from aml_identity.datastore.resolve import BlobLocation
+
+__all__ = ["BUFFER_SIZE", "Counters", "Engine", "Progress", "Transfer", "TransferCancelledError"]
 
 _log = logging.getLogger(__name__)
 
@@ -26,6 +32,9 @@ QUEUE_PER_WORKER = 64
 # Progress callbacks are throttled to this interval (a terminal redraw per small file would cost more
 # than the file).
 PROGRESS_INTERVAL_S = 0.1
+# Each worker moves bodies through one buffer this size: memory stays at workers x 1 MiB whatever the file
+# sizes, and each os.pwrite / socket send is a large contiguous one.
+BUFFER_SIZE = 1024 * 1024
 
 
 class TransferCancelledError(Exception):
@@ -192,3 +201,40 @@ class Engine:
         for thread in self._threads:
             thread.join()
         _log.debug("aborted after %.2f s", time.monotonic() - started)
+
+
+class Transfer:
+    """What a download or an upload shares: where, with which client, engine, counters and progress."""
+
+    # What the whole call does, for the role an access error names (None: the refused operation itself).
+    purpose: ClassVar[Operation | None] = None
+
+    def __init__(
+        self, location: BlobLocation, client: BlobRestClient, engine: Engine, counters: Counters, progress: Progress
+    ) -> None:
+        """Keep the pieces of one transfer call."""
+        self.loc = location
+        self.client = client
+        self.engine = engine
+        self.counters = counters
+        self.progress = progress
+        self._local = threading.local()
+
+    def _buffer(self) -> memoryview:
+        """Return this worker thread's I/O buffer (allocated once per thread)."""
+        buf: memoryview | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = memoryview(bytearray(BUFFER_SIZE))
+            self._local.buf = buf
+        return buf
+
+    def _storage_error(self, error: StorageHttpError, operation: Operation) -> Exception:
+        """Turn a service error into the aml-identity error naming the identity, the account and the fix."""
+        return convert_storage_error(
+            error,
+            account=self.loc.account,
+            container=self.loc.container,
+            operation=operation,
+            token=self.client.token,
+            purpose=self.purpose,
+        )

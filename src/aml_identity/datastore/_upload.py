@@ -19,8 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aml_identity.datastore._engine import Counters, Engine, Progress
-from aml_identity.datastore._errors import convert_storage_error
+from aml_identity.datastore._engine import BUFFER_SIZE, Counters, Engine, Progress, Transfer
 from aml_identity.datastore._paths import is_transfer_artifact
 from aml_identity.datastore._rest import BlobItem, BlobRestClient, StorageHttpError
 from aml_identity.datastore.resolve import BlobLocation
@@ -34,8 +33,6 @@ SINGLE_PUT_MAX = 8 * 1024 * 1024
 BLOCK_SIZE = 8 * 1024 * 1024
 # A blob holds at most 50,000 committed blocks; files over BLOCK_SIZE x 50,000 (390 GiB) get bigger blocks.
 MAX_BLOCKS = 50_000
-# Each worker streams request bodies through one buffer this size.
-BUFFER_SIZE = 1024 * 1024
 # Blob metadata holding the uploaded file's mtime (metadata names must be C# identifiers).
 MTIME_METADATA = "aml_mtime_ns"
 # How many refused names an error message lists.
@@ -68,7 +65,9 @@ def walk_files(root: str) -> Iterator[tuple[str, str]]:
                     yield entry.path, relative
 
 
-class _Upload:
+class _Upload(Transfer):
+    purpose = "write"  # every request of an upload, its listing too, is fixed by the write role
+
     def __init__(
         self,
         location: BlobLocation,
@@ -79,33 +78,11 @@ class _Upload:
         *,
         overwrite: bool,
     ) -> None:
-        self.loc = location
-        self.client = client
-        self.engine = engine
-        self.counters = counters
-        self.progress = progress
+        super().__init__(location, client, engine, counters, progress)
         self.overwrite = overwrite
         self.conflicts: list[str] = []
         self.changed: list[str] = []
         self._lock = threading.Lock()
-        self._local = threading.local()
-
-    def _buffer(self) -> memoryview:
-        buf: memoryview | None = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = memoryview(bytearray(BUFFER_SIZE))
-            self._local.buf = buf
-        return buf
-
-    def _storage_error(self, error: StorageHttpError, operation: str) -> Exception:
-        return convert_storage_error(
-            error,
-            account=self.loc.account,
-            container=self.loc.container,
-            operation=operation,  # type: ignore[arg-type]
-            token=self.client.token,
-            purpose="write",  # every request of an upload, its listing too, is fixed by the write role
-        )
 
     def existing(self, prefix: str) -> dict[str, BlobItem]:
         """Return the blobs already under ``prefix``, by name."""
