@@ -464,14 +464,7 @@ class BlobFilesystem:
             return self._staged_entry(staged)
         if virtual:
             return _Entry(is_dir=True, mtime=self._started)
-        parent, name = self._split(path)
-        try:
-            entry = self._list_dir(parent).get(name)
-        except StorageHttpError as exc:
-            raise self._fail(exc, "list", parent) from None
-        if entry is None:
-            raise _os_error(errno.ENOENT)
-        return entry
+        return self._lookup_remote(path)
 
     def _attrs(self, entry: _Entry) -> dict[str, int]:
         nanos = int(entry.mtime * 1e9)

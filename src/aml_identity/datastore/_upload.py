@@ -150,6 +150,13 @@ class _Upload(Transfer):
         st = os.fstat(fd)
         return st.st_size == size and st.st_mtime_ns == mtime_ns
 
+    def _refused(self, exc: StorageHttpError, name: str) -> None:
+        """Handle a refused write: an existing blob (and no ``overwrite``) is a conflict; anything else raises."""
+        if exc.status == 409 and exc.code == "BlobAlreadyExists":  # noqa: PLR2004 - HTTP status
+            self._conflict(name)
+            return
+        raise self._storage_error(exc, "write") from None
+
     def _put_whole(self, path: str, name: str, size: int, mtime_ns: int) -> None:
         fd = self._open(path)
         try:
@@ -160,10 +167,8 @@ class _Upload(Transfer):
                     overwrite=self.overwrite,
                 )  # fmt: skip
             except StorageHttpError as exc:
-                if exc.status == 409 and exc.code == "BlobAlreadyExists":  # noqa: PLR2004 - HTTP status
-                    self._conflict(name)
-                    return
-                raise self._storage_error(exc, "write") from None
+                self._refused(exc, name)
+                return
             if not self._still_same(fd, size, mtime_ns):
                 with self._lock:  # the next run sees a different mtime and uploads it again
                     self.changed.append(path)
@@ -214,10 +219,8 @@ class _Upload(Transfer):
                     metadata={MTIME_METADATA: str(mtime_ns)}, overwrite=self.overwrite,
                 )  # fmt: skip
             except StorageHttpError as exc:
-                if exc.status == 409 and exc.code == "BlobAlreadyExists":  # noqa: PLR2004 - HTTP status
-                    self._conflict(name)
-                    return
-                raise self._storage_error(exc, "write") from None
+                self._refused(exc, name)
+                return
             self.counters.add(transferred_files=1)
 
         for index in range(count):

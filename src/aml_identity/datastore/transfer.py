@@ -200,33 +200,22 @@ def download(
     workers = _workers(max_concurrency)
     dest_text = os.fspath(dest)
     source = str(DatastoreUri.parse(uri))
-    if once_per_node:
-        return _once_per_node(
-            JobEnvironment.from_environ(environ).run_id,
-            source,
+
+    def run() -> TransferResult:
+        return _download(
+            uri,
             dest_text,
-            started,
-            lambda: _download(
-                uri,
-                dest_text,
-                credential=credential,
-                workers=workers,
-                resume=resume,
-                progress=progress,
-                environ=environ,
-                started=started,
-            ),
+            credential=credential,
+            workers=workers,
+            resume=resume,
+            progress=progress,
+            environ=environ,
+            started=started,
         )
-    return _download(
-        uri,
-        dest_text,
-        credential=credential,
-        workers=workers,
-        resume=resume,
-        progress=progress,
-        environ=environ,
-        started=started,
-    )
+
+    if once_per_node:
+        return _once_per_node(JobEnvironment.from_environ(environ).run_id, source, dest_text, started, run)
+    return run()
 
 
 def _download(
