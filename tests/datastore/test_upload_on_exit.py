@@ -67,3 +67,20 @@ def test_upload_on_exit_as_a_context_manager_uploads_when_the_block_ends(storage
     assert store.contents("ctx/") == {"a.txt": b"a", "b.txt": b"b"}
     assert watcher.last_result.transferred_files == 1  # a.txt was already there
     assert signal.getsignal(signal.SIGTERM) is not watcher._on_signal  # hooks removed
+
+
+def test_when_the_block_fails_its_outputs_are_uploaded_and_its_own_error_is_raised(storage_job, store, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ZeroDivisionError), upload_on_exit(out, store.uri("crash/")):
+        (out / "checkpoint.pt").write_bytes(b"weights")
+        _ = 1 / 0  # the training step that fails
+    assert store.contents("crash/") == {"checkpoint.pt": b"weights"}
+
+
+def test_when_the_block_fails_and_so_does_the_upload_the_blocks_error_is_raised(storage_job, tmp_path, caplog):
+    out = tmp_path / "out"
+    missing = "wasbs://no-such-container@devstoreaccount1.blob.core.windows.net/run/"
+    with pytest.raises(ZeroDivisionError), upload_on_exit(out, missing):
+        (out / "checkpoint.pt").write_bytes(b"weights")
+        _ = 1 / 0
+    assert "no-such-container" in caplog.text  # the failed upload is logged, with what failed

@@ -475,9 +475,16 @@ class UploadOnExit:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        """Upload, then stop watching."""
+        """Upload, then stop watching.
+
+        When the block raised, what it wrote is still uploaded, but a failure of that upload is logged rather
+        than raised: the block's own error is the one the job must report.
+        """
         try:
-            self.flush()
+            if exc_type is None:
+                self.flush()
+            else:
+                self._flush_logged(f"{exc_type.__name__} in the with block")
         finally:
             self.close()
 
