@@ -34,6 +34,7 @@ from aml_identity.testing._identities import (
     EmulatedIdentity,
 )
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
+from aml_identity.testing.arm._ids import storage_account_id
 from aml_identity.testing.azurite import DEVSTORE_ACCOUNT, Azurite
 from aml_identity.testing.identity_endpoint import IdentityEndpoint
 
@@ -235,10 +236,14 @@ class Sandbox:
         from aml_identity.testing.storage_proxy import StorageAuthProxy  # noqa: PLC0415 - with --arm only
 
         if self.storage_role is not None:
-            account = arm.add_storage_account(DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP, DEVSTORE_ACCOUNT)
-            arm.add_role_assignment(account, self.identity.object_id, self.storage_role)
+            arm.add_role_assignment(self.storage_account_id, self.identity.object_id, self.storage_role)
         upstream = f"https://127.0.0.1:{self.azurite.port}"
         return StorageAuthProxy(upstream, authorizer=arm.has_data_role, tls=self.tls).start()
+
+    @property
+    def storage_account_id(self) -> str:
+        """The ARM id of the sandbox's storage account (``devstoreaccount1``): the scope of its data roles."""
+        return storage_account_id(DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP, DEVSTORE_ACCOUNT)
 
     def blob_endpoint(self) -> str:
         """Return the blob endpoint jobs use: the role-checking proxy with ``arm``, else Azurite itself."""
