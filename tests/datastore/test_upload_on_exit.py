@@ -69,18 +69,19 @@ def test_upload_on_exit_as_a_context_manager_uploads_when_the_block_ends(storage
     assert signal.getsignal(signal.SIGTERM) is not watcher._on_signal  # hooks removed
 
 
-def test_when_the_block_fails_its_outputs_are_uploaded_and_its_own_error_is_raised(storage_job, store, tmp_path):
-    out = tmp_path / "out"
-    with pytest.raises(ZeroDivisionError), upload_on_exit(out, store.uri("crash/")):
+def _failing_job(out, uri) -> None:
+    with upload_on_exit(out, uri):
         (out / "checkpoint.pt").write_bytes(b"weights")
         _ = 1 / 0  # the training step that fails
+
+
+def test_when_the_block_fails_its_outputs_are_uploaded_and_its_own_error_is_raised(storage_job, store, tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        _failing_job(tmp_path / "out", store.uri("crash/"))
     assert store.contents("crash/") == {"checkpoint.pt": b"weights"}
 
 
 def test_when_the_block_fails_and_so_does_the_upload_the_blocks_error_is_raised(storage_job, tmp_path, caplog):
-    out = tmp_path / "out"
-    missing = "wasbs://no-such-container@devstoreaccount1.blob.core.windows.net/run/"
-    with pytest.raises(ZeroDivisionError), upload_on_exit(out, missing):
-        (out / "checkpoint.pt").write_bytes(b"weights")
-        _ = 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        _failing_job(tmp_path / "out", "wasbs://no-such-container@devstoreaccount1.blob.core.windows.net/run/")
     assert "no-such-container" in caplog.text  # the failed upload is logged, with what failed
