@@ -25,6 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from aml_identity import default_credential
 from aml_identity.datastore import download, upload_on_exit
 
 RANKS = 4
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--outputs", default=DEFAULT_OUTPUTS, help="datastore URI for the outputs")
     args = parser.parse_args()
 
+    print(f"job identity: {default_credential().identity.describe()}")
     work = Path(tempfile.mkdtemp(prefix="aml-job-"))
     outputs = work / "outputs"
     # Uploads when the block ends, at exit, and on SIGTERM/SIGINT (a preempted low-priority node).

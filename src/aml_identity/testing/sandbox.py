@@ -18,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,9 +310,11 @@ class Sandbox:
         """Describe what the job did against the emulators (for the end of a sandbox run)."""
         requests = self.endpoint.requests
         minted = sum(1 for r in requests if r.status == 200)  # noqa: PLR2004 - HTTP 200
+        per_resource = Counter(r.params.get("resource", "?") for r in requests)
+        breakdown = ", ".join(f"{resource}: {count}" for resource, count in sorted(per_resource.items()))
         text = (
-            f"identity endpoint: {len(requests)} token request(s), {minted} token(s) minted for "
-            f"{self.identity.kind}-assigned identity {self.identity.client_id}"
+            f"identity endpoint: {len(requests)} token request(s){f' ({breakdown})' if breakdown else ''}, "
+            f"{minted} token(s) minted for {self.identity.kind}-assigned identity {self.identity.client_id}"
         )
         if self.arm is not None:
             text += f"; ARM emulator: {len(self.arm.requests)} request(s)"
