@@ -255,9 +255,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._upstream = http.client.HTTPSConnection(
                 proxy.upstream_host, proxy.upstream_port, timeout=_UPSTREAM_TIMEOUT_S, context=proxy.upstream_context
             )
-            self._upstream.connect()
-            # Streamed bodies go out after the headers in separate writes: no Nagle delay on their last segment.
-            self._upstream.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self._upstream
 
     def _forward(self, chunked_body: bytes | None) -> http.client.HTTPResponse:
