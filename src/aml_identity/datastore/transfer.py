@@ -26,7 +26,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -132,6 +132,28 @@ def _client(
     )
 
 
+@contextlib.contextmanager
+def _session(
+    uri: str | DatastoreUri,
+    credential: TokenCredential | None,
+    environ: Mapping[str, str] | None,
+    progress: ProgressArg,
+    direction: Literal["download", "upload"],
+) -> Iterator[tuple[BlobLocation, BlobRestClient, Counters, Progress]]:
+    """Resolve ``uri`` with the credential, and hold a client and a progress reporter for one transfer call."""
+    env = JobEnvironment.from_environ(environ)
+    credential = credential or _job_credential(environ)
+    location = resolve(uri, credential=credential, environ=environ)
+    counters = Counters()
+    reporter = Progress(progress, direction)
+    client = _client(location, credential, env, counters)
+    try:
+        yield location, client, counters, reporter
+    finally:
+        reporter.close()
+        client.close()
+
+
 def _result(
     direction: Literal["download", "upload"],
     source: str,
@@ -229,19 +251,10 @@ def _download(
     environ: Mapping[str, str] | None,
     started: float,
 ) -> TransferResult:
-    env = JobEnvironment.from_environ(environ)
-    credential = credential or _job_credential(environ)
-    location = resolve(uri, credential=credential, environ=environ)
-    counters = Counters()
-    reporter = Progress(progress, "download")
-    client = _client(location, credential, env, counters)
-    try:
+    with _session(uri, credential, environ, progress, "download") as (location, client, counters, reporter):
         target = run_download(
             location, dest, client=client, workers=workers, resume=resume, counters=counters, progress=reporter
         )
-    finally:
-        reporter.close()
-        client.close()
     return _result("download", str(location.uri), target, counters=counters, started=started)
 
 
@@ -335,20 +348,11 @@ def upload(
     """
     started = time.monotonic()
     workers = _workers(max_concurrency)
-    env = JobEnvironment.from_environ(environ)
-    credential = credential or _job_credential(environ)
-    location = resolve(uri, credential=credential, environ=environ)
-    counters = Counters()
-    reporter = Progress(progress, "upload")
-    client = _client(location, credential, env, counters)
-    try:
+    with _session(uri, credential, environ, progress, "upload") as (location, client, counters, reporter):
         target, changed = run_upload(
             os.fspath(src), location, client=client, workers=workers, overwrite=overwrite, counters=counters,
             progress=reporter, exclude=exclude,
         )  # fmt: skip
-    finally:
-        reporter.close()
-        client.close()
     for path in changed:
         _log.warning("%s changed while it was uploaded; the next upload sends it again", path)
     relative = target[len(location.path) :]
