@@ -33,6 +33,8 @@ IMDS_HOST = "169.254.169.254"
 
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
+# Where launchers put a process's rank on its node: torchrun and Azure ML, OpenMPI, MPICH/Intel MPI, Slurm.
+_LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
 
 
 def is_guid(value: str) -> bool:
@@ -110,6 +112,24 @@ def _parse_blob_endpoints(raw: str | None) -> Mapping[str, str]:
     return MappingProxyType(endpoints)
 
 
+def _parse_local_rank(environ: Mapping[str, str]) -> int | None:
+    """The process's rank on its node, from the first launcher variable set (None outside a launcher)."""
+    for name in _LOCAL_RANK_VARIABLES:
+        raw = _get(environ, name)
+        if raw is None:
+            continue
+        # str.isdigit() also accepts '²' and other Unicode digits that int() refuses: ASCII digits only.
+        if not (raw.isascii() and raw.isdigit()):
+            raise ConfigurationError(
+                f"{name}={raw!r} is not a process rank: it must be a whole number of ASCII digits (0, 1, 2, ...). "
+                f"It is set by the launcher (torchrun, mpirun, srun, Azure ML); unset {name} or set it to the "
+                "process's rank on its node.",
+                name=name,
+            )
+        return int(raw)
+    return None
+
+
 @dataclass(frozen=True)
 class JobEnvironment:
     """What the process environment says about the job, read once and validated.
@@ -141,6 +161,7 @@ class JobEnvironment:
     subscription_id: str | None = None
     resource_group: str | None = None
     workspace_name: str | None = None
+    # The process's rank on its node (LOCAL_RANK, ...): transfers show a progress bar on local rank 0 only.
     local_rank: int | None = None
     ca_bundle: str | None = None
     run_id: str | None = None
@@ -182,12 +203,7 @@ class JobEnvironment:
                     "(the total time to keep retrying the identity endpoint, default 90).",
                     name="AML_IDENTITY_TOKEN_TIMEOUT",
                 )
-        local_rank: int | None = None
-        for name in ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"):
-            raw = _get(env, name)
-            if raw is not None and raw.isdigit():
-                local_rank = int(raw)
-                break
+        local_rank = _parse_local_rank(env)
         return cls(
             msi_endpoint=_get(env, "MSI_ENDPOINT"),
             msi_secret=_get(env, "MSI_SECRET"),

@@ -294,8 +294,16 @@ class _Exchange:
                 "with AML_IDENTITY_TOKEN_TIMEOUT.",
                 retryable=True,
             )
+        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN) and f.identity.source == "imds":
+            return error(  # IMDS takes no secret: a refusal means something other than the VM's IMDS answered
+                f"The {f.source_name} refused the request with {status} ({said}) for {f.identity.describe()}. IMDS "
+                "takes no secret, so this is not a credential problem: the request did not reach the VM's instance "
+                "metadata service. Either an HTTP proxy answered (add 169.254.169.254 to NO_PROXY), or this machine "
+                "is not an Azure VM with a managed identity (a container network or Docker Desktop answers this "
+                "address): run on the Azure compute, or point AZURE_POD_IDENTITY_AUTHORITY_HOST at your endpoint."
+            )
         if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
-            name = "IDENTITY_HEADER" if f.identity.source == "app_service" else "MSI_SECRET"
+            name = "IDENTITY_HEADER" if f.identity.source in ("app_service", "service_fabric") else "MSI_SECRET"
             return error(
                 f"The {f.source_name} refused the request with {status} ({said}) for {f.identity.describe()}. The "
                 f"{name} in this process's environment is not the one the endpoint expects: do not copy MSI_* or "

@@ -29,12 +29,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from aml_identity import _cli_runtime  # noqa: PLC0415 - keep `--help` fast; import areas on demand
+    from aml_identity import _cli_doctor, _cli_runtime  # noqa: PLC0415 - keep `--help` fast; import areas on demand
     from aml_identity.datastore import _cli as datastore_cli  # noqa: PLC0415
     from aml_identity.provisioning import _cli as provisioning_cli  # noqa: PLC0415
     from aml_identity.testing import _cli as testing_cli  # noqa: PLC0415
 
-    for area in (_cli_runtime, datastore_cli, provisioning_cli, testing_cli):
+    for area in (_cli_runtime, _cli_doctor, datastore_cli, provisioning_cli, testing_cli):
         area.register(sub)
     return parser
 

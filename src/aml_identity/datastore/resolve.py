@@ -190,7 +190,15 @@ def _fetch_datastore(  # noqa: PLR0917 - private, one caller
             f"The {where} does not exist ({env.arm_endpoint} answered 404). Check the name in the URI "
             "against the workspace's datastores (Azure ML studio > Data > Datastores)."
         )
-    if status in (401, 403):
+    if status == 401:  # noqa: PLR2004 - HTTP status: ARM did not accept the token at all (a role is not the issue)
+        raise DatastoreError(
+            f"Azure Resource Manager ({env.arm_endpoint}) did not accept the job identity's token while reading the "
+            f"{where} (HTTP 401 {_arm_error_code(response)}): the token is expired, not yet valid, or for another "
+            "audience or tenant. This is an authentication problem, not a missing role: check the machine's clock, "
+            "that AML_IDENTITY_ARM_ENDPOINT (if set) is the cloud the identity belongs to, and run inside the job "
+            "(a token copied from elsewhere expires); `aml-identity doctor` shows the token's claims and expiry."
+        )
+    if status == 403:  # noqa: PLR2004 - HTTP status
         raise DatastoreError(
             f"The job identity may not read the {where} (HTTP {status}). Grant it a role that includes "
             "Microsoft.MachineLearningServices/workspaces/datastores/read on the workspace, for example "
@@ -206,6 +214,16 @@ def _fetch_datastore(  # noqa: PLR0917 - private, one caller
     except ValueError:
         raise DatastoreError(f"The answer for the {where} is not JSON: {redact(response.text())}") from None
     return _location_from_body(body, where)
+
+
+def _arm_error_code(response: Any) -> str:
+    """ARM's error code of a failed response (``ExpiredAuthenticationToken``...), or ``"(no code)"``."""
+    try:
+        error = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        return "(no code)"
+    code = error.get("code") if isinstance(error, dict) else None
+    return str(code) if code else "(no code)"
 
 
 def _location_from_body(body: Any, where: str) -> tuple[str, str, str]:

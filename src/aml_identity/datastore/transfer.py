@@ -145,6 +145,8 @@ def _session(
     credential = credential or _job_credential(environ)
     location = resolve(uri, credential=credential, environ=environ)
     counters = Counters()
+    if progress is None and env.local_rank:
+        progress = False  # one bar per node: the ranks other than local rank 0 stay quiet on a shared terminal
     reporter = Progress(progress, direction)
     client = _client(location, credential, env, counters)
     try:
@@ -204,8 +206,9 @@ def download(
         resume: Continue interrupted downloads from their journal (``False`` starts them over).
         once_per_node: Let one process per node download while the other processes calling this with the
             same URI and ``dest`` wait for it (elected with a node-local file lock).
-        progress: ``None`` shows a bar when stderr is a terminal; ``True``/``False`` forces it; a callable
-            is called as ``progress(bytes_done, bytes_total)``.
+        progress: ``None`` shows a bar when stderr is a terminal (on local rank 0 only, when ``LOCAL_RANK`` or
+            another launcher's variable is set); ``True``/``False`` forces it; a callable is called as
+            ``progress(bytes_done, bytes_total)``.
         environ: The environment to read (``os.environ`` when omitted).
 
     Returns:
