@@ -259,9 +259,10 @@ class Sandbox:
             self.tls: TlsMaterial = make_tls_material(self.workdir / "tls")
             self.endpoint = IdentityEndpoint(identities=served, token_lifetime=token_lifetime)
             self.azurite = Azurite(workdir=self.workdir / "azurite", tls=self.tls)
-            self.arm = ArmEmulator(
-                tls=self.tls, retry_after=ARM_RETRY_AFTER_S, seconds_per_request=ARM_SECONDS_PER_REQUEST
-            )
+            self.arm = ArmEmulator(  # its workdir inside ours: given tls, it would leave a temporary folder behind
+                tls=self.tls, workdir=self.workdir / "arm", retry_after=ARM_RETRY_AFTER_S,
+                seconds_per_request=ARM_SECONDS_PER_REQUEST,
+            )  # fmt: skip
         except BaseException:
             self._remove_workdir()
             raise

@@ -1,4 +1,4 @@
-"""``Sandbox(arm=True)``: the ARM emulator joins the sandbox, seeded with the sandbox's workspace and datastores."""
+"""The sandbox's ARM emulator (always running), seeded with the sandbox's workspace, datastores and identities."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SRC = str(Path(aml_identity.__file__).resolve().parents[1])
 
 @pytest.mark.azurite
 def test_sandbox_with_arm_seeds_the_workspace_and_datastores(tmp_path):
-    with Sandbox(arm=True, datastores=[DatastoreSeed("training_data", tmp_path)]) as sandbox:
+    with Sandbox(datastores=[DatastoreSeed("training_data", tmp_path)]) as sandbox:
         environ = sandbox.environ()
         arm = sandbox.arm
         assert arm is not None
@@ -79,7 +79,7 @@ def _sandbox(tmp_path, *options: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k not in ("MSI_ENDPOINT", "MSI_SECRET")}
     environ["PYTHONPATH"] = SRC
     return subprocess.run(
-        [sys.executable, "-m", "aml_identity", "sandbox", "--arm", *options, "--datastore", f"training_data={data}",
+        [sys.executable, "-m", "aml_identity", "sandbox", *options, "--datastore", f"training_data={data}",
          "--", sys.executable, str(script), str(tmp_path / "out")],
         env=environ, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -90,15 +90,15 @@ def test_sandbox_with_arm_enforces_storage_roles_as_azure_does(tmp_path):
     granted = _sandbox(tmp_path)
     assert granted.returncode == 0, granted.stderr
     assert "files: 1" in granted.stdout
-    assert "(Storage Blob Data Contributor enforced)" in granted.stderr
+    assert "(roles enforced: training_data: Storage Blob Data Contributor)" in granted.stderr
     assert ", 0 denied" in granted.stderr
 
-    refused = _sandbox(tmp_path, "--storage-role", "none")
+    refused = _sandbox(tmp_path, "--grant", "training_data=none")
     assert refused.returncode == 4, refused.stderr
     assert "denied: Storage Blob Data Reader" in refused.stdout
     assert ", 1 denied" in refused.stderr
 
 
-def test_sandbox_storage_role_needs_arm(capsys):
-    assert main(["sandbox", "--storage-role", "Storage Blob Data Reader", "--", "true"]) == 1
-    assert "--storage-role needs --arm" in capsys.readouterr().err
+def test_grant_names_a_seeded_datastore_and_a_known_role(capsys):
+    assert main(["sandbox", "--grant", "training_data=owner", "--", "true"]) == 1
+    assert "must be reader (Storage Blob Data Reader), contributor" in capsys.readouterr().err
