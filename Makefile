@@ -20,11 +20,19 @@ $(STAMP_NODE): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The main demo: an example training job, end to end against the emulators and Azurite: it resolves its
-# azureml:// datastores through the ARM emulator, downloads its data once per node for 4 ranks, and uploads its
-# outputs on exit, with the identity's storage role enforced.
+# The main demo, the seed's whole story offline: in one sandbox session, examples/setup_cluster_identity.py finds
+# or creates a low-priority cluster (min_nodes=0) with the user-assigned identity uai-sandbox and grants it
+# Storage Blob Data Reader on the input datastore's account and Contributor on the output's; then a 4-rank
+# training job runs AS that cluster's identity (--cluster reads it from the ARM emulator after the setup step):
+# whoami, one download per node, a least-squares fit, model and metrics uploaded on exit. The sandbox ends by
+# printing where the outputs landed (demo-outputs/) and how many token requests the whole run cost.
+DEMO_SETUP := $(PY) examples/setup_cluster_identity.py --identity uai-sandbox --input-datastore training_data \
+	--output-datastore outputs
 demo: setup
-	$(VENV)/bin/aml-identity sandbox --arm --datastore training_data=examples/data --datastore outputs -- $(PY) examples/data_job.py
+	rm -rf demo-outputs
+	$(VENV)/bin/aml-identity sandbox --datastore training_data=examples/data --datastore outputs \
+		--setup "$(DEMO_SETUP)" --cluster cpu-cluster --processes 4 --output outputs=demo-outputs \
+		-- $(PY) examples/train_job.py
 
 # Everything CI checks: lint, types, then the test suite (which also runs the examples).
 test: lint typecheck pytest
@@ -43,4 +51,4 @@ bench: setup
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache demo-outputs

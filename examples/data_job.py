@@ -8,9 +8,9 @@ Outputs are written under ``outputs/`` and uploaded when the job ends - or when 
 The URIs are the ones an Azure ML job is given (``azureml://datastores/<name>/paths/...``): they are
 resolved through the workspace's datastore API with the job identity. Offline, against the emulators (the
 ARM emulator serves the workspace and its datastores, Azurite the storage, behind a proxy that enforces the
-identity's storage role as Azure does; this is ``make demo``)::
+identity's storage role as Azure does)::
 
-  aml-identity sandbox --arm --datastore training_data=examples/data --datastore outputs -- python examples/data_job.py
+  aml-identity sandbox --datastore training_data=examples/data --datastore outputs -- python examples/data_job.py
 
 On Azure ML, submit it as a command job on a cluster whose identity has Storage Blob Data Reader on the data's
 account and Storage Blob Data Contributor on the outputs' account.

@@ -1,73 +1,153 @@
-"""An example training job that reads and writes storage as its compute cluster's managed identity.
+"""A 4-rank training job that runs as its compute cluster's managed identity, end to end (this is ``make demo``).
 
-It starts 4 ranks, as ``torchrun --nproc-per-node 4`` would on one node. Every rank creates its own
-credential and reads its shard of the training data; rank 0 writes the result. However many ranks there are,
-the node makes one request to the identity endpoint: the ranks share the node-wide token cache.
+Every rank is one process of a distributed Azure ML command job (``distribution: pytorch``,
+``process_count_per_instance: 4``): Azure ML sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT``, and ``DEFAULT_IDENTITY_CLIENT_ID`` to the cluster's default identity. The job
 
-Offline, against the emulators and Azurite::
+1. prints ``aml-identity whoami`` (rank 0): which identity the job is, from its token's claims;
+2. downloads its input once for the node (``download(..., once_per_node=True)``: one rank fetches, the others
+   wait for it and read the same local copy);
+3. fits ``y = w0 + w1*x1 + w2*x2`` by least squares: each rank sums the normal equations over its shard of the
+   rows, rank 0 gathers the sums over ``MASTER_ADDR:MASTER_PORT`` and solves them (plain Python: three unknowns
+   need no NumPy);
+4. writes the model and its metrics through ``upload_on_exit`` (uploaded when the job ends, or when a
+   low-priority node is preempted).
 
-    aml-identity sandbox --datastore training_data=examples/data -- python examples/train_job.py
+Offline, after ``examples/setup_cluster_identity.py`` has created the cluster with a user-assigned identity and
+granted it its storage roles, in the same sandbox session (``--cluster`` makes the job run as that cluster's
+identity, read from the ARM emulator after the setup step)::
 
-On Azure ML, submit it as a command job on a cluster whose managed identity has Storage Blob Data Contributor
-on the account, with ``--account-url https://<account>.blob.core.windows.net``.
+  aml-identity sandbox --datastore training_data=examples/data --datastore outputs \\
+      --setup "python examples/setup_cluster_identity.py --identity uai-sandbox --input-datastore training_data \\
+      --output-datastore outputs" --cluster cpu-cluster --processes 4 --output outputs=demo-outputs \\
+      -- python examples/train_job.py
+
+On Azure ML, submit it as a command job on that cluster with the same datastore URIs.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import csv
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from multiprocessing.connection import Client, Listener
+from pathlib import Path
 
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.blob import BlobServiceClient
+from aml_identity.datastore import download, upload_on_exit
 
-from aml_identity import default_credential
+DEFAULT_DATA = "azureml://datastores/training_data/paths/regression/"
+DEFAULT_OUTPUTS = "azureml://datastores/outputs/paths/run-1/"
+FEATURES = ("x1", "x2")
+# How long a rank keeps trying to reach rank 0 while it starts listening (ranks start together).
+CONNECT_TIMEOUT_S = 60.0
+CONNECT_RETRY_S = 0.05
 
-RANKS = 4
-
-
-def account_url(account: str) -> str:
-    """The account's blob endpoint: the sandbox maps it to Azurite, Azure uses the public name."""
-    overrides = json.loads(os.environ.get("AML_IDENTITY_BLOB_ENDPOINTS", "{}"))
-    return overrides.get(account, f"https://{account}.blob.core.windows.net")
+K = len(FEATURES) + 1  # unknowns: the intercept w0 and one weight per feature
 
 
-def train_shard(rank: int, url: str, container: str) -> dict[str, int]:
-    """One rank: read every RANKS-th file of the training data and 'train' on it (count its bytes)."""
-    os.environ["LOCAL_RANK"] = str(rank)
-    credential = default_credential()  # each rank has its own credential; they share the node's token cache
-    data = BlobServiceClient(url, credential=credential).get_container_client(container)
-    names = sorted(blob.name for blob in data.list_blobs())
-    shard = names[rank::RANKS]
-    return {name: len(data.download_blob(name).readall()) for name in shard}
+def shard_stats(rows: list[dict[str, str]]) -> list[float]:
+    """Sum the normal equations over ``rows``, flat: X'X (K*K), X'y (K), y'y, sum(y), n (X has a leading 1)."""
+    stats = [0.0] * (K * K + K + 3)
+    for row in rows:
+        x = [1.0, *(float(row[f]) for f in FEATURES)]
+        y = float(row["y"])
+        for i in range(K):
+            stats[K * K + i] += x[i] * y
+            for j in range(K):
+                stats[i * K + j] += x[i] * x[j]
+        stats[-3] += y * y
+        stats[-2] += y
+        stats[-1] += 1
+    return stats
+
+
+def solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """Solve ``a w = b`` by Gaussian elimination with partial pivoting."""
+    n = len(b)
+    m = [[*row, b[i]] for i, row in enumerate(a)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, n):
+            factor = m[r][col] / m[col][col]
+            m[r] = [v - factor * p for v, p in zip(m[r], m[col], strict=True)]
+    w = [0.0] * n
+    for r in reversed(range(n)):
+        w[r] = (m[r][n] - sum(m[r][c] * w[c] for c in range(r + 1, n))) / m[r][r]
+    return w
+
+
+def fit(stats: list[float]) -> tuple[list[float], dict[str, float]]:
+    """The least-squares weights and their metrics (RMSE, R²) from the summed normal equations."""
+    xtx = [stats[i * K : (i + 1) * K] for i in range(K)]
+    xty = stats[K * K : K * K + K]
+    yty, sum_y, n = stats[-3:]
+    w = solve(xtx, xty)
+    sse = max(yty - 2 * sum(w[i] * xty[i] for i in range(K))
+              + sum(w[i] * xtx[i][j] * w[j] for i in range(K) for j in range(K)), 0.0)  # fmt: skip
+    sst = yty - sum_y * sum_y / n
+    return w, {"rows": n, "rmse": (sse / n) ** 0.5, "r2": 1 - sse / sst}
+
+
+def gather(stats: list[float], rank: int, world: int) -> list[float] | None:
+    """Sum every rank's statistics on rank 0 over MASTER_ADDR:MASTER_PORT; None on the other ranks."""
+    if world == 1:
+        return stats
+    address = (os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+    if rank == 0:
+        total = stats
+        with Listener(address) as listener:
+            for _ in range(world - 1):
+                with listener.accept() as conn:
+                    total = [a + b for a, b in zip(total, conn.recv(), strict=True)]
+        return total
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while True:
+        try:
+            with Client(address) as conn:
+                conn.send(stats)
+                return None
+        except ConnectionRefusedError:  # noqa: PERF203 - a retry loop, not a hot one
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(CONNECT_RETRY_S)  # rank 0 is not listening yet
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--account", default="devstoreaccount1", help="storage account of the datastores")
-    parser.add_argument("--account-url", help="its blob endpoint (default: from the account name)")
-    parser.add_argument("--input", default="training-data", help="container with the training data")
-    parser.add_argument("--output", default="outputs", help="container for the results")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="datastore URI of the training data (CSV: x1,x2,y)")
+    parser.add_argument("--outputs", default=DEFAULT_OUTPUTS, help="datastore URI for the model and metrics")
+    parser.add_argument("--workdir", default=tempfile.gettempdir(), help="the node's local disk (default: TMPDIR)")
     args = parser.parse_args()
-    url = args.account_url or account_url(args.account)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    node = Path(args.workdir) / f"aml-job-{os.environ.get('AZUREML_RUN_ID', 'local')}"
 
-    credential = default_credential()
-    print(f"job identity: {credential.identity.describe()}")
-    start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(RANKS) as pool:
-        shards = pool.starmap(train_shard, [(rank, url, args.input) for rank in range(RANKS)])
-    seen = {name: size for shard in shards for name, size in shard.items()}
-    print(f"{RANKS} ranks read {len(seen)} files, {sum(seen.values())} bytes, in {time.perf_counter() - start:.1f} s")
+    if rank == 0:
+        subprocess.run([sys.executable, "-m", "aml_identity", "whoami"], check=True)
+    result = download(args.data, node / "data", once_per_node=True, progress=False)
+    print(f"rank {rank}: {'downloaded' if not result.shared else 'shared'} {result.files} file(s) on the node")
 
-    outputs = BlobServiceClient(url, credential=credential).get_container_client(args.output)
-    with contextlib.suppress(ResourceExistsError):
-        outputs.create_container()
-    model = json.dumps({"files": len(seen), "bytes": sum(seen.values())}).encode()
-    outputs.upload_blob("model/summary.json", model, overwrite=True)
-    print(f"wrote {args.output}/model/summary.json ({len(model)} bytes)")
+    with (node / "data" / "train.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    total = gather(shard_stats(rows[rank::world]), rank, world)
+    if total is None:
+        return
+    outputs = node / "outputs"
+    with upload_on_exit(outputs, args.outputs) as uploader:
+        weights, metrics = fit(total)
+        outputs.mkdir(parents=True, exist_ok=True)
+        model = {"intercept": weights[0], **dict(zip(FEATURES, weights[1:], strict=True))}
+        (outputs / "model.json").write_text(json.dumps(model, indent=2))
+        (outputs / "metrics.json").write_text(json.dumps({**metrics, "ranks": world}, indent=2))
+        print(f"fit on {int(metrics['rows'])} rows by {world} ranks: y = {weights[0]:.3f} + {weights[1]:.3f}*x1 "
+              f"+ {weights[2]:.3f}*x2, RMSE {metrics['rmse']:.3f}, R² {metrics['r2']:.4f}")  # fmt: skip
+    landed = uploader.last_result
+    print(f"uploaded {landed.transferred_files if landed else 0} file(s) to {args.outputs}")
 
 
 if __name__ == "__main__":

@@ -71,9 +71,8 @@ def test_example_sets_up_the_cluster_identity(arm, msi_environ):
     second = run_example(arm, msi_environ, *args)
     assert second.returncode == 3, second.stderr
     assert "already granted: Storage Blob Data Reader" in second.stdout
-    assert "note: Cluster 'cpu-cluster' exists and differs from the spec" in second.stdout
     assert "lock 'keep' (CanNotDelete) on the workspace's resource group (ml-rg)" in second.stdout
     assert f"az lock delete --ids {lock}" in second.stdout
-    assert len(arm.requests_for("Compute_CreateOrUpdate")) == 2  # the create, then the identity switch
+    assert len(arm.requests_for("Compute_CreateOrUpdate")) == 1  # created with its user-assigned identity, once
     assert len(arm.requests_for("RoleAssignments_Create")) == 2  # reader + AcrPull, once each
     assert arm.rejected_requests == []

@@ -430,6 +430,8 @@ class Sandbox:
         """Return the variables a job sees (on top of the caller's environment, minus foreign identity ones)."""
         guard_dir = self.workdir / "guard"
         guard_dir.mkdir(exist_ok=True)
+        scratch = self.workdir / "tmp"  # the node's local disk: it goes when the sandbox does, as a node's does
+        scratch.mkdir(exist_ok=True)
         (guard_dir / "sitecustomize.py").write_text(_SITECUSTOMIZE)
         python_path = os.pathsep.join(p for p in (str(guard_dir), os.environ.get("PYTHONPATH", "")) if p)
         environ = dict(self.endpoint.azureml_environ(self.identity))
@@ -444,6 +446,7 @@ class Sandbox:
                 "AML_IDENTITY_CACHE_DIR": str(self.workdir / "token-cache"),
                 "AML_IDENTITY_LOOPBACK_ONLY": "1",
                 "PYTHONPATH": python_path,
+                "TMPDIR": str(scratch),
                 **self.tls.environ(),
             }
         )
@@ -580,13 +583,15 @@ class Sandbox:
     def summary(self) -> str:
         """Describe what the job did against the emulators (for the end of a sandbox run)."""
         requests = self.endpoint.requests
-        minted = sum(1 for r in requests if r.status == 200)  # noqa: PLR2004 - HTTP 200
         per_resource = Counter(r.params.get("resource", "?") for r in requests)
         breakdown = ", ".join(f"{resource}: {count}" for resource, count in sorted(per_resource.items()))
+        per_identity = Counter(r.identity for r in requests if r.identity is not None)
+        minted = ", ".join(
+            f"{count} for {i.kind}-assigned {i.name} ({i.client_id})" for i, count in per_identity.items()
+        )
         text = (
             f"identity endpoint: {len(requests)} token request(s){f' ({breakdown})' if breakdown else ''}, "
-            f"{minted} token(s) minted for {self.identity.kind}-assigned identity {self.identity.client_id}"
-            f"; ARM emulator: {len(self.arm.requests)} request(s)"
+            f"token(s) minted: {minted or 'none'}; ARM emulator: {len(self.arm.requests)} request(s)"
         )
         if self.storage_proxy is not None:
             statuses = self.storage_proxy.statuses()
