@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aml_identity._environment import JobEnvironment, is_guid
+from aml_identity._job import job_credential
 from aml_identity.errors import (
     ClusterNotFoundError,
     ConfigurationError,
@@ -72,12 +73,6 @@ def _default_credential() -> TokenCredential:
     from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - only when no credential is given
 
     return DefaultAzureCredential()
-
-
-def _job_credential(environ: Mapping[str, str] | None) -> TokenCredential:
-    from aml_identity.credential import default_credential  # noqa: PLC0415 - only inside a job
-
-    return default_credential(environ=environ)
 
 
 @dataclass(frozen=True)
@@ -274,7 +269,7 @@ class Workspace:
             str(env.subscription_id),
             str(env.resource_group),
             str(env.workspace_name),
-            credential=credential or _job_credential(environ),
+            credential=credential or job_credential(environ),
             environ=environ,
             **options,
         )
