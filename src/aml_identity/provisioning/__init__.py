@@ -16,7 +16,7 @@ Built on ``azure-mgmt-core``'s ARM pipeline and polling; credentials default to 
 
 from __future__ import annotations
 
-from aml_identity.provisioning.clusters import Cluster, ClusterCollection, ClusterStatus, Workspace
+from aml_identity.provisioning.clusters import Cluster, ClusterCollection, ClusterStatus
 from aml_identity.provisioning.diagnose import BlockingLock, DiagnosisReport, diagnose
 from aml_identity.provisioning.roles import RoleGrant, grant_data_access
 from aml_identity.provisioning.spec import (
@@ -28,6 +28,7 @@ from aml_identity.provisioning.spec import (
     provisioning_configuration,
 )
 from aml_identity.provisioning.template import export_arm_template
+from aml_identity.provisioning.workspace import Workspace
 
 __all__ = [
     "BlockingLock",

@@ -14,7 +14,7 @@ from aml_identity.testing._jwt import mint_token
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
 from aml_identity.testing.arm import ArmEmulator
 from aml_identity.testing.azurite import Azurite, AzuriteNotFoundError
-from aml_identity.testing.identity_endpoint import Fault, IdentityEndpoint, RecordedRequest
+from aml_identity.testing.identity_endpoint import Fault, IdentityEndpoint, RecordedTokenRequest
 from aml_identity.testing.storage_proxy import StorageAuthProxy
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
     "Fault",
     "IdentityEndpoint",
     "LoopbackViolationError",
-    "RecordedRequest",
+    "RecordedTokenRequest",
     "StorageAuthProxy",
     "TlsMaterial",
     "make_tls_material",
