@@ -311,10 +311,13 @@ def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, (OSError, http.client.HTTPException))
 
 
-class _Connection(http.client.HTTPSConnection):
-    """A keep-alive HTTPS connection that remembers whether it has carried a request yet."""
+ConnectionFactory = Callable[[str, int, ssl.SSLContext], http.client.HTTPConnection]
+"""Opens a connection to ``(host, port)`` with a TLS context: the HTTP layer storage requests go through."""
 
-    used = False
+
+def https_connection(host: str, port: int, context: ssl.SSLContext) -> http.client.HTTPConnection:
+    """The default :data:`ConnectionFactory`: a keep-alive ``http.client`` HTTPS connection."""
+    return http.client.HTTPSConnection(host, port, timeout=SOCKET_TIMEOUT_S, context=context)
 
 
 class BlobRestClient:
@@ -332,6 +335,7 @@ class BlobRestClient:
         sleep: Callable[[float], None] = time.sleep,
         max_attempts: int = MAX_ATTEMPTS,
         on_request: Callable[[], None] | None = None,
+        connection_factory: ConnectionFactory | None = None,
     ) -> None:
         """Create the client.
 
@@ -343,6 +347,8 @@ class BlobRestClient:
             sleep: How to wait between retries (injected by tests).
             max_attempts: Attempts per request, the first included.
             on_request: Called once per response received (counts requests for the transfer's result).
+            connection_factory: Opens the connections (:func:`https_connection` by default); swap it to put
+                another HTTP layer under the client (a test double, a proxy tunnel, other socket options).
         """
         parts = urlsplit(endpoint)
         if parts.scheme != "https" or not parts.hostname:
@@ -362,7 +368,8 @@ class BlobRestClient:
             else replace(STORAGE_RETRY_POLICY, max_attempts=max_attempts)
         )
         self._on_request = on_request
-        self._idle: deque[_Connection] = deque()
+        self._connect = connection_factory or https_connection
+        self._idle: deque[http.client.HTTPConnection] = deque()
         self._closed = False
 
     @property
@@ -385,13 +392,14 @@ class BlobRestClient:
 
     # -- the request loop ------------------------------------------------------------------------------
 
-    def _take(self) -> _Connection:
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """Return a pooled connection (it has carried a request: ``True``), or a new one (``False``)."""
         try:
-            return self._idle.pop()
+            return self._idle.pop(), True
         except IndexError:
-            return _Connection(self._host, self._port, timeout=SOCKET_TIMEOUT_S, context=self._ssl)
+            return self._connect(self._host, self._port, self._ssl), False
 
-    def _give_back(self, conn: _Connection) -> None:
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
         if self._closed:
             conn.close()
         else:
@@ -474,8 +482,7 @@ class BlobRestClient:
     ) -> _Answer:
         """Send the request once (again at once on a fresh connection if a kept-alive one was closed)."""
         while True:
-            conn = self._take()
-            reused = conn.used
+            conn, reused = self._take()
             try:
                 self._send(conn, method, path, headers, body, body_length)
                 response = conn.getresponse()
@@ -485,7 +492,6 @@ class BlobRestClient:
                     continue  # the server closed an idle keep-alive connection: resend at once on a new one
                 raise
             break
-        conn.used = True
         if self._on_request is not None:
             self._on_request()
         status = response.status
@@ -508,7 +514,7 @@ class BlobRestClient:
             self._release(conn, response)
         return _Answer(status, response.headers, error=_error_from(status, response.headers, payload, method, resource))
 
-    def _release(self, conn: _Connection, response: http.client.HTTPResponse) -> None:
+    def _release(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
         if response.will_close:
             conn.close()
         else:
@@ -516,7 +522,7 @@ class BlobRestClient:
 
     def _send(  # noqa: PLR0917 - private, one caller
         self,
-        conn: _Connection,
+        conn: http.client.HTTPConnection,
         method: str,
         path: str,
         headers: Mapping[str, str] | None,

@@ -27,7 +27,7 @@ from aml_identity.testing.arm._state import (
 )
 
 if TYPE_CHECKING:
-    from aml_identity.testing.arm._openapi import ArmSpecs, SpecError
+    from aml_identity.testing.arm._openapi import ArmSpecs, SpecFinding
 
 __all__ = ["ARM_AUDIENCES", "ArmApi", "RecordedArmRequest"]
 
@@ -136,7 +136,7 @@ class ArmApi:
         self._seconds_per_request = seconds_per_request
         self.page_size = page_size
         self.requests: list[RecordedArmRequest] = []
-        self.rejected: list[tuple[RecordedArmRequest, list[SpecError]]] = []
+        self.rejected: list[tuple[RecordedArmRequest, list[SpecFinding]]] = []
         self.spec_violations: list[str] = []
         self._routes = self._build_routes()
 
@@ -228,12 +228,12 @@ class ArmApi:
         )
         return response
 
-    def _reject(self, request: Request, path: str, body: Any, route: _Route, errors: list[SpecError]) -> None:
+    def _reject(self, request: Request, path: str, body: Any, route: _Route, errors: list[SpecFinding]) -> None:
         recorded = RecordedArmRequest(request.method, path, dict(request.query), body, 400, route.operation_id)
         self.rejected.append((recorded, errors))
 
     @staticmethod
-    def _invalid(operation_id: str, errors: list[SpecError]) -> ArmError:
+    def _invalid(operation_id: str, errors: list[SpecFinding]) -> ArmError:
         listed = "; ".join(str(e) for e in errors[:_MAX_LISTED_ERRORS])
         more = f" (and {len(errors) - _MAX_LISTED_ERRORS} more)" if len(errors) > _MAX_LISTED_ERRORS else ""
         return ArmError(
@@ -248,7 +248,7 @@ class ArmApi:
         if errors:
             self._violation(f"{operation_id} {response.status}", errors, response)
 
-    def _violation(self, what: str, errors: list[SpecError], response: Response) -> None:
+    def _violation(self, what: str, errors: list[SpecFinding], response: Response) -> None:
         text = f"the emulator's {what} response does not match the spec: " + "; ".join(map(str, errors))
         self.spec_violations.append(text)
         response.status, response.headers = 500, {}

@@ -49,7 +49,7 @@ __all__ = [
     "ArmSpecs",
     "Example",
     "Operation",
-    "SpecError",
+    "SpecFinding",
     "SpecsNotFoundError",
     "find_specs_dir",
 ]
@@ -90,7 +90,7 @@ class SpecsNotFoundError(AmlIdentityError, FileNotFoundError):
 
 
 @dataclass(frozen=True)
-class SpecError:
+class SpecFinding:
     """One way a body does not match its schema.
 
     Attributes:
@@ -602,13 +602,13 @@ class ArmSpecs:
             msg = f"no operation {operation_id!r} in the specs of {self.root}"
             raise KeyError(msg) from None
 
-    def _errors(self, ref: str, instance: Any, *, request: bool) -> list[SpecError]:
+    def _errors(self, ref: str, instance: Any, *, request: bool) -> list[SpecFinding]:
         cls = _REQUEST_VALIDATOR if request else _RESPONSE_VALIDATOR
         validator = cls({"$ref": ref}, registry=self._registry, format_checker=_FORMATS)
-        errors = [SpecError(_json_path(e.absolute_path), e.message) for e in validator.iter_errors(instance)]
+        errors = [SpecFinding(_json_path(e.absolute_path), e.message) for e in validator.iter_errors(instance)]
         return sorted(set(errors), key=lambda e: (e.path, e.message))
 
-    def request_errors(self, operation_id: str, body: Any) -> list[SpecError]:
+    def request_errors(self, operation_id: str, body: Any) -> list[SpecFinding]:
         """Return how ``body`` fails the request schema of ``operation_id`` (empty when it validates).
 
         A body sent to an operation without a body parameter is an error, and so is a missing body for
@@ -616,32 +616,32 @@ class ArmSpecs:
         """
         op = self.operation(operation_id)
         if op.request_schema is None:
-            return [] if body is None else [SpecError("$", f"{operation_id} takes no request body")]
+            return [] if body is None else [SpecFinding("$", f"{operation_id} takes no request body")]
         if body is None:
-            return [SpecError("$", f"{operation_id} needs a JSON request body")]
+            return [SpecFinding("$", f"{operation_id} needs a JSON request body")]
         return self._errors(op.request_schema, body, request=True)
 
-    def response_errors(self, operation_id: str, status: int, body: Any) -> list[SpecError]:
+    def response_errors(self, operation_id: str, status: int, body: Any) -> list[SpecFinding]:
         """Return how a response of ``operation_id`` with ``status`` and ``body`` fails the spec."""
         op = self.operation(operation_id)
         key = str(status)
         if key not in op.responses:
             if 200 <= status < 300:  # noqa: PLR2004 - success statuses must be declared
-                return [SpecError("$", f"{operation_id} declares no {status} response ({sorted(op.responses)})")]
+                return [SpecFinding("$", f"{operation_id} declares no {status} response ({sorted(op.responses)})")]
             key = "default"
         ref = op.responses.get(key)
         if ref is None:
-            return [] if body in (None, b"", "") else [SpecError("$", f"a {status} of {operation_id} has no body")]
+            return [] if body in (None, b"", "") else [SpecFinding("$", f"a {status} of {operation_id} has no body")]
         if body is None:
-            return [SpecError("$", f"a {status} of {operation_id} needs a JSON body")]
+            return [SpecFinding("$", f"a {status} of {operation_id} needs a JSON body")]
         return self._errors(ref, body, request=False)
 
-    def schema_errors(self, ref: str, instance: Any, *, request: bool = False) -> list[SpecError]:
+    def schema_errors(self, ref: str, instance: Any, *, request: bool = False) -> list[SpecFinding]:
         """Validate against a definition named relative to the specs folder (``path.json#/definitions/X``)."""
         relative, _, fragment = ref.partition("#")
         return self._errors(f"{self._documents.uri(relative)}#{fragment}", instance, request=request)
 
-    def operation_status_errors(self, body: Any) -> list[SpecError]:
+    def operation_status_errors(self, body: Any) -> list[SpecFinding]:
         """Validate an ``Azure-AsyncOperation`` status body (common-types ``OperationStatusResult``)."""
         return self.schema_errors(_OPERATION_STATUS, body)
 
