@@ -27,11 +27,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import filelock
-from azure.core.credentials import AccessToken, AccessTokenInfo
 
 from aml_identity.errors import AmlIdentityError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken, AccessTokenInfo
 
 __all__ = [
     "ADVISORY_RETRY_DELAY_S",
@@ -85,25 +88,6 @@ class TokenState(enum.Enum):
     EXPIRED = "expired"
 
 
-class _MaskedAccessToken(AccessToken):
-    """An ``AccessToken`` whose ``repr`` does not show the token."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"AccessToken(token='****', expires_on={self.expires_on})"
-
-
-class _MaskedAccessTokenInfo(AccessTokenInfo):
-    """An ``AccessTokenInfo`` whose ``repr`` does not show the token."""
-
-    def __repr__(self) -> str:
-        return (
-            f"AccessTokenInfo(token='****', expires_on={self.expires_on}, token_type='{self.token_type}', "
-            f"refresh_on={self.refresh_on})"
-        )
-
-
 @dataclass(frozen=True)
 class CachedToken:
     """One token and its refresh schedule, in epoch seconds.
@@ -130,11 +114,14 @@ class CachedToken:
 
     def __post_init__(self) -> None:
         """Prebuild the azure-core objects so the cache hit path allocates nothing."""
-        object.__setattr__(self, "access_token", _MaskedAccessToken(self.token, self.expires_on))
+        # azure-core is imported with the first token, not with aml_identity (its package imports the pipeline).
+        from aml_identity._access_token import MaskedAccessToken, MaskedAccessTokenInfo  # noqa: PLC0415
+
+        object.__setattr__(self, "access_token", MaskedAccessToken(self.token, self.expires_on))
         object.__setattr__(
             self,
             "info",
-            _MaskedAccessTokenInfo(self.token, self.expires_on, token_type=self.token_type, refresh_on=self.refresh_on),
+            MaskedAccessTokenInfo(self.token, self.expires_on, token_type=self.token_type, refresh_on=self.refresh_on),
         )
 
     def state(self, now: float) -> TokenState:
