@@ -60,11 +60,14 @@ def exports(
         try:
             value = getattr(importlib.import_module(module), name)
         except ModuleNotFoundError as exc:
+            from aml_identity import _extras  # noqa: PLC0415
             from aml_identity.errors import MissingExtraError  # noqa: PLC0415
 
             if extra is None or isinstance(exc, MissingExtraError):
                 raise
-            raise MissingExtraError(f"{package}.{name}", extra, (exc.name or str(exc),)) from exc
+            # Name the extra's distributions that are absent, else (no package metadata) the module.
+            absent = _extras.missing(extra) or (exc.name or str(exc),)
+            raise MissingExtraError(f"{package}.{name}", extra, absent) from exc
         namespace[name] = value  # the next access is a plain attribute read
         return value
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from aml_identity._environment import JobEnvironment, check_outbound_url, is_guid, is_loopback_host
 from aml_identity import errors
+from aml_identity._environment import JobEnvironment, check_outbound_url, is_guid, is_loopback_host
 from aml_identity.errors import ConfigurationError
 
 __all__ = ["SOURCE_NAMES", "IdentitySource", "ManagedIdentity", "SelectedBy", "default_identity"]

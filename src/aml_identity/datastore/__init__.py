@@ -44,4 +44,3 @@ __getattr__, __dir__ = exports(
         "upload_on_exit": "aml_identity.datastore.transfer",
     },
 )
-

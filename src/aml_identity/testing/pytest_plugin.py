@@ -46,7 +46,8 @@ def _testing(name: str) -> Any:
     try:
         return getattr(importlib.import_module("aml_identity.testing"), name)
     except MissingExtraError as exc:
-        pytest.fail(f"aml-identity pytest plugin: {exc}", pytrace=False)
+        message = f"aml-identity pytest plugin: {exc}"
+    pytest.fail(message, pytrace=False)  # outside the except: one line, no chain of import errors
 
 
 def _guard() -> Any:
