@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import filelock
 
+from aml_identity._private import UnsafeCacheError, check_owned_private, ensure_private_dir
 from aml_identity.errors import AmlIdentityError
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ __all__ = [
     "NodeCache",
     "TokenState",
     "TokenStore",
+    "UnsafeCacheError",
     "default_cache_dir",
     "new_token",
 ]
@@ -73,10 +74,6 @@ NODE_LOCK_WAIT_MARGIN_S = 30.0
 NODE_LOCK_POLL_S = 0.01
 # Cache file format version; a file with another version is ignored (and overwritten on the next fetch).
 CACHE_FORMAT = 1
-# Group/other permission bits that make a cache directory unsafe (anyone else could plant or swap files).
-_UNSAFE_DIR_BITS = stat.S_IWGRP | stat.S_IWOTH
-# Any group/other bit on a token file is refused: the file holds a bearer token.
-_UNSAFE_FILE_BITS = stat.S_IRWXG | stat.S_IRWXO
 
 
 class TokenState(enum.Enum):
@@ -234,21 +231,6 @@ def default_cache_dir(cache_dir: str | None, xdg_runtime_dir: str | None) -> Pat
     return Path.home() / ".cache" / "aml-identity"
 
 
-class UnsafeCacheError(AmlIdentityError):
-    """The node cache directory or a file in it is not safe to use; the message says why."""
-
-
-def _check_owned_private(st: os.stat_result, path: Path, *, is_dir: bool, uid: int) -> None:
-    kind = "directory" if is_dir else "file"
-    if st.st_uid != uid:
-        raise UnsafeCacheError(f"cache {kind} {path} is owned by uid {st.st_uid}, not by this user ({uid})")
-    bad = _UNSAFE_DIR_BITS if is_dir else _UNSAFE_FILE_BITS
-    if st.st_mode & bad:
-        mode = stat.S_IMODE(st.st_mode)
-        want = "not group/world-writable" if is_dir else "mode 0600"
-        raise UnsafeCacheError(f"cache {kind} {path} has mode {mode:04o}; it must be {want}")
-
-
 class NodeCache:
     """Token files shared by the processes of one user on one node."""
 
@@ -277,16 +259,8 @@ class NodeCache:
         Raises:
             UnsafeCacheError: It is a symlink, owned by someone else, or group/world-writable.
         """
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir(mode=0o700)
-        st = directory.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            raise UnsafeCacheError(f"cache directory {directory} is a symlink (to {directory.readlink()})")
-        if not stat.S_ISDIR(st.st_mode):
-            raise UnsafeCacheError(f"cache path {directory} is not a directory")
         cache = cls(directory, uid=uid)
-        _check_owned_private(st, directory, is_dir=True, uid=cache.uid)
+        ensure_private_dir(directory, uid=cache.uid)
         return cache
 
     def _path(self, name: str) -> Path:
@@ -309,7 +283,7 @@ class NodeCache:
             _log.debug("cannot read token cache file %s: %s", path, exc.strerror)
             return None
         with os.fdopen(fd, "r", encoding="utf-8") as f:
-            _check_owned_private(os.fstat(f.fileno()), path, is_dir=False, uid=self.uid)
+            check_owned_private(os.fstat(f.fileno()), path, is_dir=False, uid=self.uid)
             return CachedToken.from_json(f.read())
 
     def write(self, name: str, token: CachedToken) -> None:

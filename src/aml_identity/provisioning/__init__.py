@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from aml_identity._lazy import exports
 
 if TYPE_CHECKING:
-    from aml_identity.provisioning.clusters import Cluster, ClusterCollection, ClusterStatus, Workspace
+    from aml_identity.provisioning.clusters import Cluster, ClusterCollection, ClusterStatus
     from aml_identity.provisioning.diagnose import BlockingLock, DiagnosisReport, diagnose
     from aml_identity.provisioning.roles import RoleGrant, grant_data_access
     from aml_identity.provisioning.spec import (
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         provisioning_configuration,
     )
     from aml_identity.provisioning.template import export_arm_template
+    from aml_identity.provisioning.workspace import Workspace
 
 __all__ = [
     "BlockingLock",
@@ -70,7 +71,7 @@ __getattr__, __dir__ = exports(
         "RoleGrant": "aml_identity.provisioning.roles",
         "SystemAssigned": _SPEC,
         "UserAssigned": _SPEC,
-        "Workspace": _CLUSTERS,
+        "Workspace": "aml_identity.provisioning.workspace",
         "diagnose": "aml_identity.provisioning.diagnose",
         "export_arm_template": "aml_identity.provisioning.template",
         "grant_data_access": "aml_identity.provisioning.roles",

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from aml_identity.testing._tls import TlsMaterial, make_tls_material
     from aml_identity.testing.arm import ArmEmulator
     from aml_identity.testing.azurite import Azurite, AzuriteNotFoundError
-    from aml_identity.testing.identity_endpoint import Fault, IdentityEndpoint, RecordedRequest
+    from aml_identity.testing.identity_endpoint import Fault, IdentityEndpoint, RecordedTokenRequest
     from aml_identity.testing.sandbox import DatastoreSeed, Sandbox
     from aml_identity.testing.storage_proxy import StorageAuthProxy
 
@@ -34,7 +34,7 @@ __all__ = [
     "Fault",
     "IdentityEndpoint",
     "LoopbackViolationError",
-    "RecordedRequest",
+    "RecordedTokenRequest",
     "Sandbox",
     "StorageAuthProxy",
     "TlsMaterial",
@@ -55,7 +55,7 @@ __getattr__, __dir__ = exports(
         "Fault": _ENDPOINT,
         "IdentityEndpoint": _ENDPOINT,
         "LoopbackViolationError": "aml_identity.testing._guard",
-        "RecordedRequest": _ENDPOINT,
+        "RecordedTokenRequest": _ENDPOINT,
         "Sandbox": "aml_identity.testing.sandbox",
         "StorageAuthProxy": "aml_identity.testing.storage_proxy",
         "TlsMaterial": _TLS,
