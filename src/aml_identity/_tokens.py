@@ -28,12 +28,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import filelock
-
 from aml_identity._private import UnsafeCacheError, check_owned_private, ensure_private_dir
 from aml_identity.errors import AmlIdentityError
 
 if TYPE_CHECKING:
+    import filelock
     from azure.core.credentials import AccessToken, AccessTokenInfo
 
 __all__ = [
@@ -308,6 +307,8 @@ class NodeCache:
             blocking: Wait for it (mandatory refresh) or give up at once (advisory refresh).
             timeout: The longest wait when blocking.
         """
+        import filelock  # noqa: PLC0415 - ~10 ms to import; a node-cache hit never takes the lock
+
         lock = self._file_locks.get(name)
         if lock is None:
             lock = filelock.FileLock(self.directory / f"{name}.lock", mode=0o600, thread_local=False)
