@@ -213,7 +213,7 @@ class _Doctor:
             if not usable:
                 cached = None
         try:
-            credential = JobCredential(identity, env=env)
+            credential = JobCredential(identity, environ=self.environ)
         except AmlIdentityError as exc:
             self.add("token", "fail", str(exc), _fix_for(exc))
             return None, None

@@ -11,8 +11,9 @@ from aml_identity.datastore import download
 pytestmark = pytest.mark.azurite
 
 
+@pytest.mark.usefixtures("storage_job")
 @pytest.mark.parametrize(("local_rank", "bar"), [("0", True), ("1", False), (None, True)])
-def test_only_local_rank_zero_draws_the_bar(storage_job, store, tmp_path, monkeypatch, capsys, local_rank, bar):
+def test_only_local_rank_zero_draws_the_bar(store, tmp_path, monkeypatch, capsys, local_rank, bar):  # noqa: PLR0917
     store.seed({"a.bin": b"x" * 4096})
     if local_rank is not None:
         monkeypatch.setenv("LOCAL_RANK", local_rank)

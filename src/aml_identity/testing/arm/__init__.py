@@ -5,16 +5,16 @@ See :class:`ArmEmulator`.
 
 from __future__ import annotations
 
-from aml_identity.testing.arm._api import RecordedRequest
+from aml_identity.testing.arm._api import RecordedArmRequest
 from aml_identity.testing.arm._emulator import ArmEmulator, SpecViolationError
-from aml_identity.testing.arm._openapi import ArmSpecs, SpecError, SpecsNotFoundError, find_specs_dir
+from aml_identity.testing.arm._openapi import ArmSpecs, SpecFinding, SpecsNotFoundError, find_specs_dir
 from aml_identity.testing.arm._state import VmSize
 
 __all__ = [
     "ArmEmulator",
     "ArmSpecs",
-    "RecordedRequest",
-    "SpecError",
+    "RecordedArmRequest",
+    "SpecFinding",
     "SpecViolationError",
     "SpecsNotFoundError",
     "VmSize",
