@@ -6,14 +6,14 @@ PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: setup demo test lint typecheck pytest bench examples clean
+.PHONY: setup demo test lint typecheck pytest bench examples docs docs-build clean
 
 setup: $(STAMP_PY) $(STAMP_NODE)
 
 $(STAMP_PY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet -e . --group dev
+	$(PY) -m pip install --quiet -e . --group dev --group docs
 	touch $@
 
 $(STAMP_NODE): package.json package-lock.json

@@ -22,6 +22,7 @@ from aml_identity.provisioning.roles import RoleGrant, grant_data_access
 from aml_identity.provisioning.spec import (
     ClusterSpec,
     Drift,
+    ProvisioningConfiguration,
     ProvisioningWarning,
     SystemAssigned,
     UserAssigned,
@@ -37,6 +38,7 @@ __all__ = [
     "ClusterStatus",
     "DiagnosisReport",
     "Drift",
+    "ProvisioningConfiguration",
     "ProvisioningWarning",
     "RoleGrant",
     "SystemAssigned",
