@@ -1,3 +1,4 @@
+# ruff: noqa: ARG005, E501 - tables of cases, one per line
 """The SDK v1 shim: the seed's snippets, unchanged but for the import, against the ARM emulator."""
 
 from __future__ import annotations
@@ -10,7 +11,12 @@ import textwrap
 import pytest
 
 from aml_identity.errors import AmlIdentityError, ComputeTargetException, ConfigurationError
-from aml_identity.provisioning import ProvisioningConfiguration, SystemAssigned, UserAssigned, provisioning_configuration
+from aml_identity.provisioning import (
+    ProvisioningConfiguration,
+    SystemAssigned,
+    UserAssigned,
+    provisioning_configuration,
+)
 from aml_identity.provisioning import Workspace as SupportedWorkspace
 from aml_identity.provisioning.v1 import AmlCompute, ComputeTarget, Workspace
 
@@ -70,7 +76,9 @@ cpu_cluster.add_identity(identity_type="UserAssigned",
 
 def seed_uai_id() -> str:
     """The seed's placeholder id, filled in (lower-case ``resourcegroups`` as the seed writes it)."""
-    return f"/subscriptions/{SUB}/resourcegroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-main"
+    return (
+        f"/subscriptions/{SUB}/resourcegroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/uai-main"
+    )
 
 
 def v1_workspace(arm) -> Workspace:
@@ -227,7 +235,11 @@ class TestV1Surface:
     def test_get_status_update_refresh_delete(self, arm, v1ws):
         cluster = run(FIND_OR_CREATE, {"ws": v1ws})["cpu_cluster"]
         status = cluster.get_status()
-        assert (status.provisioning_state, status.allocation_state, status.current_node_count) == ("Succeeded", "Steady", 0)
+        assert (status.provisioning_state, status.allocation_state, status.current_node_count) == (
+            "Succeeded",
+            "Steady",
+            0,
+        )
         assert status.serialize()["scaleSettings"]["maxNodeCount"] == 4
         cluster.update(max_nodes=8, idle_seconds_before_scaledown=600)
         (patch,) = arm.requests_for(PATCH)
@@ -280,7 +292,10 @@ def _body_of(arm, v1ws, **keywords):
 BASE = {"vm_size": "STANDARD_D2_V2", "max_nodes": 4}
 MAPPED = {
     "vm_size": ({"vm_size": "Standard_DS3_v2"}, lambda b: b["properties"]["properties"]["vmSize"] == "Standard_DS3_v2"),
-    "vm_priority": ({"vm_priority": "lowpriority"}, lambda b: b["properties"]["properties"]["vmPriority"] == "LowPriority"),
+    "vm_priority": (
+        {"vm_priority": "lowpriority"},
+        lambda b: b["properties"]["properties"]["vmPriority"] == "LowPriority",
+    ),
     "min_nodes": ({"min_nodes": 1}, lambda b: b["properties"]["properties"]["scaleSettings"]["minNodeCount"] == 1),
     "max_nodes": ({"max_nodes": 3}, lambda b: b["properties"]["properties"]["scaleSettings"]["maxNodeCount"] == 3),
     "idle_seconds_before_scaledown": (
@@ -289,8 +304,10 @@ MAPPED = {
     ),
     "vnet_resourcegroup_name": (
         {"vnet_resourcegroup_name": "net-rg", "vnet_name": "vnet", "subnet_name": "default"},
-        lambda b: b["properties"]["properties"]["subnet"]["id"]
-        == f"/subscriptions/{SUB}/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default",
+        lambda b: (
+            b["properties"]["properties"]["subnet"]["id"]
+            == f"/subscriptions/{SUB}/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default"
+        ),
     ),
     "tags": ({"tags": {"team": "vision"}}, lambda b: b["tags"] == {"team": "vision"}),
     "description": ({"description": "for training"}, lambda b: b["properties"]["description"] == "for training"),
@@ -314,8 +331,14 @@ MAPPED = {
 }
 MAPPED["vnet_name"] = MAPPED["subnet_name"] = MAPPED["vnet_resourcegroup_name"]
 REFUSED = {
-    "admin_username": ({"admin_username": "azureuser", "admin_user_ssh_key": "ssh-rsa AAAA"}, "create the cluster with"),
-    "admin_user_password": ({"admin_username": "azureuser", "admin_user_password": "P4ss!word"}, "create the cluster with"),
+    "admin_username": (
+        {"admin_username": "azureuser", "admin_user_ssh_key": "ssh-rsa AAAA"},
+        "create the cluster with",
+    ),
+    "admin_user_password": (
+        {"admin_username": "azureuser", "admin_user_password": "P4ss!word"},
+        "create the cluster with",
+    ),
     "admin_user_ssh_key": ({"admin_user_ssh_key": "ssh-rsa AAAA"}, "create the cluster with"),
 }
 
@@ -427,7 +450,10 @@ ERROR_CASES = {
     "not found": (lambda arm, ws: ComputeTarget(workspace=ws, name="nothere"), "ComputeTargetNotFound"),
     "invalid name": (lambda arm, ws: _create(ws, name="x"), "3 to 24 characters"),
     "reserved name": (lambda arm, ws: _create(ws, name="local"), "reserved"),
-    "not a configuration": (lambda arm, ws: ComputeTarget.create(ws, "cpu", {"vm_size": "x"}), "provisioning_configuration"),
+    "not a configuration": (
+        lambda arm, ws: ComputeTarget.create(ws, "cpu", {"vm_size": "x"}),
+        "provisioning_configuration",
+    ),
     "exists already": (lambda arm, ws: (_create(ws), _create(ws)), "already exists"),
     "vm size not offered": (lambda arm, ws: _create(ws, vm_size="Standard_Imaginary_v9"), "Standard_Imaginary_v9"),
     "quota": (_quota, "quota"),
@@ -439,7 +465,10 @@ ERROR_CASES = {
     "add without type": (lambda arm, ws: _create(ws).add_identity(identity_type=None), "identity_type"),
     "bad scale update": (lambda arm, ws: _create(ws).update(min_nodes=9), "max_nodes"),
     "detach": (lambda arm, ws: _create(ws).detach(), "delete instead"),
-    "wait for a delete not made": (lambda arm, ws: _create(ws).wait_for_completion(is_delete_operation=True), "delete()"),
+    "wait for a delete not made": (
+        lambda arm, ws: _create(ws).wait_for_completion(is_delete_operation=True),
+        "delete()",
+    ),
     "not a workspace": (lambda arm, ws: ComputeTarget(workspace="my-workspace", name="cpu"), "Workspace"),
     "bad subscription": (lambda arm, ws: Workspace("not-a-guid", RG, WS), "GUID"),
     "no config": (lambda arm, ws: Workspace.from_config(path="/nonexistent/config.json"), "config.json"),

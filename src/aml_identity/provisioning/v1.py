@@ -55,6 +55,7 @@ from aml_identity.provisioning.spec import (
     identity_from_v1,
     provisioning_configuration,
 )
+from aml_identity.provisioning.workspace import arm_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -592,7 +593,9 @@ class AmlCompute(ComputeTarget):
                 f"/subscriptions/{supported.subscription_id}/providers/Microsoft.MachineLearningServices/"
                 f"locations/{where}/vmSizes"
             )
-            body = supported.arm.call("GET", path, api_version=COMPUTE_API_VERSION, what=f"listing VM sizes of {where}")
+            body = arm_of(supported).call(
+                "GET", path, api_version=COMPUTE_API_VERSION, what=f"listing VM sizes of {where}"
+            )
         return [
             {
                 "name": size.get("name"),
