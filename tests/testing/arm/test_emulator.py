@@ -236,8 +236,9 @@ class TestComputeRules:
         response = _send(_client(arm), "GET", f"{ws}/computes", api="2019-05-01")
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "InvalidApiVersionParameter"
-        assert "The api-version '2019-05-01' is invalid. The supported versions are '2025-12-01," in (
-            response.json()["error"]["message"]
+        assert (
+            "The api-version '2019-05-01' is invalid. The supported versions are '2025-12-01,"
+            in (response.json()["error"]["message"])
         )
 
     def test_one_node_must_fit_the_quota(self, arm, ws):
