@@ -8,9 +8,11 @@ Blob, Put Blob, Put Block, Put Block List - are sent with the standard library's
 pooled keep-alive TLS connections, reading bodies straight into the caller's buffer. The wire format follows
 the Blob service REST reference; the test suite checks it against Azurite and the real SDK.
 
-What this module owns: connection pooling, the bearer token (refreshed by its ``refresh_on``, so no request
-ever carries a stale token however long a transfer runs), retries with backoff for throttling, server
-errors and dropped connections, and turning an error response into :class:`StorageHttpError`.
+What this module owns: connection pooling, the ``Authorization`` header, and turning an error response into
+:class:`StorageHttpError`. What it reuses: the token-refresh policy of :mod:`aml_identity._tokens` (the job
+credential applies it itself; any other credential is wrapped in it, so no request ever carries a stale
+token however long a transfer runs), and the retry loop and ``Retry-After`` parsing of
+:mod:`aml_identity._retry`, with storage's own statuses, attempts and budget.
 """
 
 from __future__ import annotations
@@ -21,23 +23,19 @@ import http.client
 import logging
 import random
 import ssl
-import threading
 import time
 import xml.etree.ElementTree as ET
 from base64 import b64decode
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, cast
 from urllib.parse import quote, unquote, urlsplit
 
-import jwt
-
 from aml_identity import __version__
+from aml_identity._retry import RetryPolicy, call_with_retries
+from aml_identity.datastore._bearer import STORAGE_SCOPE, BearerToken
 from aml_identity.errors import redact
-
-if TYPE_CHECKING:
-    from azure.core.credentials import TokenCredential
 
 __all__ = [
     "STORAGE_API_VERSION",
@@ -53,30 +51,41 @@ T = TypeVar("T")
 
 # The Blob service REST version we speak: the newest that Azurite 3.35 implements, and GA in Azure.
 STORAGE_API_VERSION = "2025-11-05"
-# The audience of storage tokens; valid for every account in the cloud.
-STORAGE_SCOPE = "https://storage.azure.com/.default"
 _USER_AGENT = f"aml-identity/{__version__} Python-http.client"
 
-# Statuses worth retrying: timeouts, throttling, and transient server errors (Azure Storage guidance).
+# Statuses worth retrying: timeouts, throttling, and transient server errors (Azure Storage guidance). Not
+# 404 or 410 as on the identity endpoint: from storage they are answers, not outages.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-# Attempts per request (first try included) before giving up: ~1 minute of backoff in total.
+# Attempts per request (first try included) before giving up: ~45 s of backoff in total.
 MAX_ATTEMPTS = 7
-# Exponential backoff: base delay, growth factor and cap; full jitter spreads out many workers.
-BACKOFF_BASE_S = 0.5
+# Exponential backoff (waits of 0, ~1, ~3, ~7, ~15, 20 s) with wide jitter: the workers of one transfer are
+# throttled together and must not come back in lockstep.
+BACKOFF_DELTA_S = 1.0
 BACKOFF_MAX_S = 20.0
-# Longest Retry-After we honour; longer values are capped so a transfer does not stall for minutes.
+BACKOFF_JITTER = 0.5
+# Longest Retry-After we honour; a longer one is replaced by the backoff so a transfer does not stall for
+# minutes on one request.
 RETRY_AFTER_MAX_S = 60.0
 # Socket timeout for connecting and for each read: a stalled connection is dropped and the request retried.
 SOCKET_TIMEOUT_S = 60.0
+# Time one request may spend on all its attempts: the attempt count ends retries first; this only bounds
+# the case of every attempt stalling until its socket timeout (7 x 60 s, plus the backoff).
+RETRY_BUDGET_S = 600.0
+# The storage retry policy, run by aml_identity._retry's loop (the one the identity endpoint uses).
+STORAGE_RETRY_POLICY = RetryPolicy(
+    total_timeout=RETRY_BUDGET_S,
+    attempt_timeout=SOCKET_TIMEOUT_S,
+    connect_timeout=SOCKET_TIMEOUT_S,
+    backoff_delta=BACKOFF_DELTA_S,
+    backoff_max=BACKOFF_MAX_S,
+    jitter=BACKOFF_JITTER,
+    retryable=RETRYABLE_STATUS,
+    max_attempts=MAX_ATTEMPTS,
+    max_retry_after=RETRY_AFTER_MAX_S,
+)
 # List Blobs page size: the service maximum, fewest round trips.
 LIST_PAGE_SIZE = 5000
-
-# Token refresh: azure-core's policy refreshes 300 s before expiry; for short-lived tokens (an emulator set to
-# 60 s) that would mean "always", so refresh at half the remaining lifetime when that comes first.
-TOKEN_REFRESH_BEFORE_EXPIRY_S = 300
-# Never re-ask the credential more often than this while its token is still valid (it may be cached and
-# near expiry; the credential decides when it really fetches).
-TOKEN_MIN_RECHECK_S = 1.0
+_RNG = random.Random()  # noqa: S311 - backoff jitter, not cryptography
 
 
 class StorageHttpError(Exception):
@@ -98,97 +107,6 @@ class StorageHttpError(Exception):
         self.detail = detail
         self.method = method
         self.resource = resource
-
-
-class BearerToken:
-    """The current ``Authorization`` header for one credential and scope, refreshed ahead of expiry.
-
-    With the job credential (:class:`aml_identity.credential.JobCredential`) every request asks it: its
-    cache hit is a dictionary read and a clock compare (~1 us), and it alone decides - by its own clock and
-    refresh policy - when a token is refreshed. Any other ``TokenCredential`` is asked again only when its
-    token is due for a refresh (its ``refresh_on``, else halfway to expiry or 5 min before, whichever comes
-    first), by one thread while the others keep the still-valid token.
-    """
-
-    def __init__(
-        self,
-        credential: TokenCredential,
-        scope: str = STORAGE_SCOPE,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        """Create the holder.
-
-        Args:
-            credential: Any azure-core ``TokenCredential`` (``get_token_info`` is used when it has one).
-            scope: The scope to ask for.
-            clock: The wall clock for the refresh schedule of other credentials (injected by tests).
-        """
-        self._credential = credential
-        self._scope = scope
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._header = ""
-        self._token = ""
-        self._refresh_at = 0.0
-        self._per_call: Callable[[str], Any] | None = None
-        try:
-            from aml_identity.credential import JobCredential  # noqa: PLC0415 - avoid an import cycle
-
-            if isinstance(credential, JobCredential):
-                self._per_call = credential.get_token_info
-        except ImportError:  # pragma: no cover - the runtime package is always there
-            pass
-
-    def header(self) -> str:
-        """Return ``"Bearer <token>"``, refreshing the token first when it is due."""
-        if self._per_call is not None:
-            token = self._per_call(self._scope).token
-            if token is not self._token:
-                self._token = token
-                self._header = "Bearer " + token
-            return self._header
-        if self._clock() < self._refresh_at:
-            return self._header
-        with self._lock:
-            now = self._clock()
-            if now >= self._refresh_at:
-                self._refresh(now)
-            return self._header
-
-    def invalidate(self) -> None:
-        """Forget the token so the next request asks the credential again (after a 401)."""
-        with self._lock:
-            self._refresh_at = 0.0
-
-    def claims(self) -> dict[str, Any]:
-        """Return the current token's claims, decoded without verification (to name the identity)."""
-        token = self._token
-        if not token:
-            return {}
-        try:
-            claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            return {}
-        return claims
-
-    def _refresh(self, now: float) -> None:
-        get_info = getattr(self._credential, "get_token_info", None)
-        refresh_on: float | None = None
-        if get_info is not None:
-            info = get_info(self._scope)
-            token, expires_on = info.token, float(info.expires_on)
-            refresh_on = float(info.refresh_on) if getattr(info, "refresh_on", None) else None
-        else:
-            access = self._credential.get_token(self._scope)
-            token, expires_on = access.token, float(access.expires_on)
-        remaining = expires_on - now
-        due = now + min(remaining - TOKEN_REFRESH_BEFORE_EXPIRY_S, remaining / 2)
-        if refresh_on is not None:
-            due = min(due, refresh_on)
-        self._token = token
-        self._header = "Bearer " + token
-        self._refresh_at = max(due, now + TOKEN_MIN_RECHECK_S) if remaining > TOKEN_MIN_RECHECK_S else now
 
 
 @dataclass(frozen=True)
@@ -245,10 +163,47 @@ def _error_from(
     return StorageHttpError(status, code, redact(detail), method, resource)
 
 
-class _Connection(http.client.HTTPSConnection):
-    """A keep-alive HTTPS connection that remembers whether it has carried a request yet."""
+class _Answer:
+    """One response as the retry loop sees it: the status and headers, and what was read or the error."""
 
-    used = False
+    __slots__ = ("_headers", "error", "result", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: http.client.HTTPMessage,
+        *,
+        result: object = None,
+        error: StorageHttpError | None = None,
+    ) -> None:
+        self.status = status
+        self._headers = headers
+        self.result = result
+        self.error = error
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status (the name :mod:`aml_identity._retry` reads)."""
+        return self.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response headers (read only on a retry, for ``Retry-After``)."""
+        return cast("Mapping[str, str]", self._headers)
+
+
+def _is_transient(exc: Exception) -> bool:
+    """Whether a transport error is worth another attempt (dropped connections, timeouts, TLS errors)."""
+    return isinstance(exc, (OSError, http.client.HTTPException))
+
+
+ConnectionFactory = Callable[[str, int, ssl.SSLContext], http.client.HTTPConnection]
+"""Opens a connection to ``(host, port)`` with a TLS context: the HTTP layer storage requests go through."""
+
+
+def https_connection(host: str, port: int, context: ssl.SSLContext) -> http.client.HTTPConnection:
+    """The default :data:`ConnectionFactory`: a keep-alive ``http.client`` HTTPS connection."""
+    return http.client.HTTPSConnection(host, port, timeout=SOCKET_TIMEOUT_S, context=context)
 
 
 class BlobRestClient:
@@ -266,6 +221,7 @@ class BlobRestClient:
         sleep: Callable[[float], None] = time.sleep,
         max_attempts: int = MAX_ATTEMPTS,
         on_request: Callable[[], None] | None = None,
+        connection_factory: ConnectionFactory | None = None,
     ) -> None:
         """Create the client.
 
@@ -277,6 +233,8 @@ class BlobRestClient:
             sleep: How to wait between retries (injected by tests).
             max_attempts: Attempts per request, the first included.
             on_request: Called once per response received (counts requests for the transfer's result).
+            connection_factory: Opens the connections (:func:`https_connection` by default); swap it to put
+                another HTTP layer under the client (a test double, a proxy tunnel, other socket options).
         """
         parts = urlsplit(endpoint)
         if parts.scheme != "https" or not parts.hostname:
@@ -290,9 +248,14 @@ class BlobRestClient:
         self._token = token
         self._ssl = ssl_context or ssl.create_default_context()
         self._sleep = sleep
-        self._max_attempts = max_attempts
+        self._policy = (
+            STORAGE_RETRY_POLICY
+            if max_attempts == STORAGE_RETRY_POLICY.max_attempts
+            else replace(STORAGE_RETRY_POLICY, max_attempts=max_attempts)
+        )
         self._on_request = on_request
-        self._idle: deque[_Connection] = deque()
+        self._connect = connection_factory or https_connection
+        self._idle: deque[http.client.HTTPConnection] = deque()
         self._closed = False
 
     @property
@@ -315,27 +278,20 @@ class BlobRestClient:
 
     # -- the request loop ------------------------------------------------------------------------------
 
-    def _take(self) -> _Connection:
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """Return a pooled connection (it has carried a request: ``True``), or a new one (``False``)."""
         try:
-            return self._idle.pop()
+            return self._idle.pop(), True
         except IndexError:
-            return _Connection(self._host, self._port, timeout=SOCKET_TIMEOUT_S, context=self._ssl)
+            return self._connect(self._host, self._port, self._ssl), False
 
-    def _give_back(self, conn: _Connection) -> None:
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
         if self._closed:
             conn.close()
         else:
             self._idle.append(conn)
 
-    def _backoff(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), RETRY_AFTER_MAX_S)
-            except ValueError:
-                pass
-        return random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))  # noqa: S311 - jitter
-
-    def request(  # noqa: C901, PLR0912, PLR0915 - one retry loop reads best as one function
+    def request(
         self,
         method: str,
         path: str,
@@ -348,6 +304,9 @@ class BlobRestClient:
         resource: str = "",
     ) -> T | bytes:
         """Send one request, retrying what is worth retrying, and hand a successful response to a reader.
+
+        Retries follow :data:`STORAGE_RETRY_POLICY` through :func:`aml_identity._retry.call_with_retries`
+        (``Retry-After`` in seconds or as an HTTP date, and ``x-ms-retry-after-ms``, are honoured).
 
         Args:
             method: The HTTP method.
@@ -367,12 +326,49 @@ class BlobRestClient:
         Raises:
             StorageHttpError: The service answered an error that is not worth retrying, or retries ran out.
         """
-        ok_set = set(ok)
-        attempt = 0
+        ok_set = frozenset(ok)
         refreshed = False
+
+        def attempt(_timeout: float) -> _Answer:
+            nonlocal refreshed
+            while True:
+                answer = self._attempt(method, path, headers, body, body_length, ok_set, on_response, resource)
+                if answer.status == 401 and not refreshed:  # noqa: PLR2004 - token rejected: ask once more
+                    refreshed = True
+                    self._token.invalidate()
+                    continue
+                return answer
+
+        def on_retry(number: int, answer: _Answer | None, error: Exception | None, wait: float) -> None:
+            why = f"HTTP {answer.status}" if answer is not None else type(error).__name__
+            _log.debug("%s %s failed (%s, attempt %d); retrying in %.1f s", method, resource, why, number, wait)
+
+        outcome = call_with_retries(
+            attempt, policy=self._policy, is_transient=_is_transient, clock=time.time, sleep=self._sleep, rng=_RNG,
+            on_retry=on_retry,
+        )  # fmt: skip
+        answer = cast("_Answer | None", outcome.response)
+        if answer is None:
+            exc = outcome.error
+            raise StorageHttpError(0, type(exc).__name__, str(exc), method, resource) from None
+        if answer.error is not None:
+            raise answer.error
+        return cast("T | bytes", answer.result)
+
+    def _attempt(  # noqa: PLR0917 - private, one caller
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        body: bytes | memoryview | Callable[[Callable[[Any], None]], None] | None,
+        body_length: int | None,
+        ok: frozenset[int],
+        on_response: Callable[[http.client.HTTPResponse], Any] | None,
+        resource: str,
+    ) -> _Answer:
+        """Send the request once (again at once on a fresh connection if a kept-alive one was closed)."""
         while True:
-            conn = self._take()
-            reused = conn.used
+            conn, reused = self._take()
             try:
                 self._send(conn, method, path, headers, body, body_length)
                 response = conn.getresponse()
@@ -380,51 +376,31 @@ class BlobRestClient:
                 conn.close()
                 if reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionError, BrokenPipeError)):
                     continue  # the server closed an idle keep-alive connection: resend at once on a new one
-                attempt += 1
-                if attempt >= self._max_attempts:
-                    raise StorageHttpError(0, type(exc).__name__, str(exc), method, resource) from None
-                _log.debug("%s %s failed (%s); retrying", method, resource, type(exc).__name__)
-                self._sleep(self._backoff(attempt, None))
-                continue
-            conn.used = True
-            if self._on_request is not None:
-                self._on_request()
-            status = response.status
-            if status in ok_set:
-                try:
-                    result: T | bytes = on_response(response) if on_response is not None else response.read()
-                    if not response.isclosed():
-                        response.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    conn.close()
-                    attempt += 1
-                    if attempt >= self._max_attempts:
-                        raise StorageHttpError(0, type(exc).__name__, str(exc), method, resource) from None
-                    self._sleep(self._backoff(attempt, None))
-                    continue
-                self._release(conn, response)
-                return result
+                raise
+            break
+        if self._on_request is not None:
+            self._on_request()
+        status = response.status
+        if status in ok:
             try:
-                payload = response.read() if method != "HEAD" else b""
+                result = on_response(response) if on_response is not None else response.read()
+                if not response.isclosed():
+                    response.read()
             except (OSError, http.client.HTTPException):
-                payload = b""
                 conn.close()
-            else:
-                self._release(conn, response)
-            error = _error_from(status, response.headers, payload, method, resource)
-            if status == 401 and not refreshed:  # noqa: PLR2004 - token rejected: ask the credential once more
-                refreshed = True
-                self._token.invalidate()
-                continue
-            if status in RETRYABLE_STATUS:
-                attempt += 1
-                if attempt < self._max_attempts:
-                    _log.debug("%s %s: HTTP %s; retrying", method, resource, status)
-                    self._sleep(self._backoff(attempt, response.headers.get("Retry-After")))
-                    continue
-            raise error
+                raise
+            self._release(conn, response)
+            return _Answer(status, response.headers, result=result)
+        try:
+            payload = response.read() if method != "HEAD" else b""
+        except (OSError, http.client.HTTPException):
+            payload = b""
+            conn.close()
+        else:
+            self._release(conn, response)
+        return _Answer(status, response.headers, error=_error_from(status, response.headers, payload, method, resource))
 
-    def _release(self, conn: _Connection, response: http.client.HTTPResponse) -> None:
+    def _release(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
         if response.will_close:
             conn.close()
         else:
@@ -432,7 +408,7 @@ class BlobRestClient:
 
     def _send(  # noqa: PLR0917 - private, one caller
         self,
-        conn: _Connection,
+        conn: http.client.HTTPConnection,
         method: str,
         path: str,
         headers: Mapping[str, str] | None,

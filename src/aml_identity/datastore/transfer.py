@@ -22,19 +22,21 @@ import logging
 import os
 import signal
 import ssl
-import stat
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from aml_identity._environment import JobEnvironment, check_outbound_url
+from aml_identity._job import job_credential
+from aml_identity._private import UnsafeCacheError, ensure_private_dir
 from aml_identity.datastore._download import run_download
 from aml_identity.datastore._engine import Counters, Progress
-from aml_identity.datastore._rest import BearerToken, BlobRestClient
+from aml_identity.datastore._rest import BearerToken, BlobRestClient, ConnectionFactory
 from aml_identity.datastore._upload import run_upload
 from aml_identity.datastore.resolve import BlobLocation, resolve
 from aml_identity.datastore.uri import DatastoreUri
@@ -104,13 +106,6 @@ class TransferResult:
         return data
 
 
-def _job_credential(environ: Mapping[str, str] | None) -> TokenCredential:
-    from aml_identity.credential import default_credential  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-
-    credential: TokenCredential = default_credential(environ=environ)
-    return credential
-
-
 def _workers(max_concurrency: int | None) -> int:
     if max_concurrency is None:
         return DEFAULT_MAX_CONCURRENCY
@@ -123,13 +118,18 @@ def _workers(max_concurrency: int | None) -> int:
 
 
 def _client(
-    location: BlobLocation, credential: TokenCredential, env: JobEnvironment, counters: Counters
+    location: BlobLocation,
+    credential: TokenCredential,
+    env: JobEnvironment,
+    counters: Counters,
+    connection_factory: ConnectionFactory | None,
 ) -> BlobRestClient:
     check_outbound_url(location.endpoint, env, what="blob endpoint")
     context = ssl.create_default_context(cafile=env.ca_bundle) if env.ca_bundle else ssl.create_default_context()
     return BlobRestClient(
-        location.endpoint, BearerToken(credential), ssl_context=context, on_request=counters.count_request
-    )
+        location.endpoint, BearerToken(credential), ssl_context=context, on_request=counters.count_request,
+        connection_factory=connection_factory,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -139,14 +139,16 @@ def _session(
     environ: Mapping[str, str] | None,
     progress: ProgressArg,
     direction: Literal["download", "upload"],
+    *,
+    connection_factory: ConnectionFactory | None = None,
 ) -> Iterator[tuple[BlobLocation, BlobRestClient, Counters, Progress]]:
     """Resolve ``uri`` with the credential, and hold a client and a progress reporter for one transfer call."""
     env = JobEnvironment.from_environ(environ)
-    credential = credential or _job_credential(environ)
+    credential = credential or job_credential(environ)
     location = resolve(uri, credential=credential, environ=environ)
     counters = Counters()
     reporter = Progress(progress, direction)
-    client = _client(location, credential, env, counters)
+    client = _client(location, credential, env, counters, connection_factory)
     try:
         yield location, client, counters, reporter
     finally:
@@ -189,6 +191,7 @@ def download(
     once_per_node: bool = False,
     progress: ProgressArg = None,
     environ: Mapping[str, str] | None = None,
+    connection_factory: ConnectionFactory | None = None,
 ) -> TransferResult:
     """Download a blob or a folder (prefix) to ``dest``.
 
@@ -207,6 +210,8 @@ def download(
         progress: ``None`` shows a bar when stderr is a terminal; ``True``/``False`` forces it; a callable
             is called as ``progress(bytes_done, bytes_total)``.
         environ: The environment to read (``os.environ`` when omitted).
+        connection_factory: Opens storage connections, ``(host, port, ssl_context) -> HTTPConnection``
+            (``http.client.HTTPSConnection`` by default): swaps the HTTP layer without patching anything.
 
     Returns:
         What was transferred and skipped.
@@ -233,6 +238,7 @@ def download(
             progress=progress,
             environ=environ,
             started=started,
+            connection_factory=connection_factory,
         )
 
     if once_per_node:
@@ -250,8 +256,10 @@ def _download(
     progress: ProgressArg,
     environ: Mapping[str, str] | None,
     started: float,
+    connection_factory: ConnectionFactory | None,
 ) -> TransferResult:
-    with _session(uri, credential, environ, progress, "download") as (location, client, counters, reporter):
+    session = _session(uri, credential, environ, progress, "download", connection_factory=connection_factory)
+    with session as (location, client, counters, reporter):
         target = run_download(
             location, dest, client=client, workers=workers, resume=resume, counters=counters, progress=reporter
         )
@@ -265,13 +273,13 @@ def _once_per_node(
 
     key = hashlib.sha256(f"{source}\0{os.path.abspath(dest)}".encode()).hexdigest()[:32]
     folder = os.path.join(tempfile.gettempdir(), f"aml-identity-{os.getuid()}")
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+    try:
+        ensure_private_dir(Path(folder), uid=os.getuid(), what="lock")
+    except UnsafeCacheError as exc:
         raise TransferError(
             f"once_per_node needs a private lock folder, but {folder!r} is not a directory owned by this user "
-            "with mode 0700; remove it (or set TMPDIR to another folder) and run again."
-        )
+            f"with mode 0700 ({exc}); remove it (or set TMPDIR to another folder) and run again."
+        ) from None
     marker = os.path.join(folder, f"download-{key}.done")
     called_at = time.time()
     with FileLock(os.path.join(folder, f"download-{key}.lock")):
@@ -320,6 +328,7 @@ def upload(
     progress: ProgressArg = None,
     environ: Mapping[str, str] | None = None,
     exclude: frozenset[str] = frozenset(),
+    connection_factory: ConnectionFactory | None = None,
 ) -> TransferResult:
     """Upload a file or a folder to ``uri``.
 
@@ -336,6 +345,7 @@ def upload(
         progress: As for :func:`download`.
         environ: The environment to read (``os.environ`` when omitted).
         exclude: Absolute paths of files to leave out.
+        connection_factory: As for :func:`download`.
 
     Returns:
         What was transferred and skipped.
@@ -348,7 +358,8 @@ def upload(
     """
     started = time.monotonic()
     workers = _workers(max_concurrency)
-    with _session(uri, credential, environ, progress, "upload") as (location, client, counters, reporter):
+    session = _session(uri, credential, environ, progress, "upload", connection_factory=connection_factory)
+    with session as (location, client, counters, reporter):
         target, changed = run_upload(
             os.fspath(src), location, client=client, workers=workers, overwrite=overwrite, counters=counters,
             progress=reporter, exclude=exclude,

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from azure.core.credentials import AccessToken
-from typing_extensions import Self
 
 from aml_identity._environment import is_guid
 from aml_identity.errors import AmlIdentityError, ConfigurationError
+from aml_identity.testing._http import BackgroundServer
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
-from aml_identity.testing.arm._api import ArmApi, RecordedRequest
-from aml_identity.testing.arm._http import HttpsServer
+from aml_identity.testing.arm._api import ArmApi, RecordedArmRequest
+from aml_identity.testing.arm._http import ArmServer
 from aml_identity.testing.arm._ids import (
     BUILTIN_ROLES,
     ArmId,
@@ -27,8 +27,9 @@ from aml_identity.testing.arm._ids import (
     user_assigned_identity_id,
     workspace_id,
 )
-from aml_identity.testing.arm._openapi import ArmSpecs, SpecError
-from aml_identity.testing.arm._state import ArmState, Quota, VmSize, iso
+from aml_identity.testing.arm._openapi import ArmSpecs, SpecFinding
+from aml_identity.testing.arm._state import ArmState, Quota, iso
+from aml_identity.testing.arm._vm_sizes import DEFAULT_VM_SIZES, VmSize
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -98,7 +99,7 @@ class _ManualClock:
 WorkspaceRef = str | tuple[str, str, str]
 
 
-class ArmEmulator:
+class ArmEmulator(BackgroundServer):
     """Azure Resource Manager on ``127.0.0.1`` over HTTPS, for the APIs aml-identity uses.
 
     Serves, at the API versions of the official specs it validates against:
@@ -177,6 +178,7 @@ class ArmEmulator:
         port: int = 0,
         environ: Mapping[str, str] | None = None,
         page_size: int | None = None,
+        vm_sizes: Iterable[VmSize] | None = None,
     ) -> None:
         """Configure the emulator and load the specs (the server starts with :meth:`start`).
 
@@ -194,9 +196,14 @@ class ArmEmulator:
             environ: Environment to read ``AML_IDENTITY_SPECS_DIR`` from (``os.environ`` by default).
             page_size: Split lists (computes, datastores, role assignments, locks) into pages of this many
                 items linked by ``nextLink``, as ARM does with long lists; one page when None.
+            vm_sizes: The VM sizes offered to AmlCompute in every location (``vmSizes`` lists them, a PUT of
+                another size is refused, and the quota counts their vCPUs per family);
+                :data:`DEFAULT_VM_SIZES`, the sizes Azure ML's documentation uses, when None.
+                :meth:`set_vm_sizes` replaces them for one location.
 
         Raises:
             SpecsNotFoundError: The specs are not found; the message says where it looked.
+            ConfigurationError: ``vm_sizes`` holds something other than a :class:`VmSize`, or one size twice.
         """
         from aml_identity.testing._jwt import DEFAULT_TENANT_ID  # noqa: PLC0415
 
@@ -205,9 +212,12 @@ class ArmEmulator:
         self._workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="aml-identity-arm-"))
         self.tls = tls or make_tls_material(self._workdir / "tls")
         self._clock: Callable[[], float] = clock or _ManualClock()
-        self._state = ArmState(self._clock, tenant_id=tenant_id or DEFAULT_TENANT_ID)
+        self._state = ArmState(
+            self._clock,
+            tenant_id=tenant_id or DEFAULT_TENANT_ID,
+            vm_sizes=_checked_sizes(DEFAULT_VM_SIZES if vm_sizes is None else vm_sizes),
+        )
         self._port = port
-        self._server: HttpsServer | None = None
         self.sleeps: list[float] = []
         self._api = ArmApi(
             self._state,
@@ -233,18 +243,11 @@ class ArmEmulator:
         """Environment variables that point aml-identity (and requests) at the emulator."""
         return {"AML_IDENTITY_ARM_ENDPOINT": self.endpoint, **self.tls.environ()}
 
-    def start(self) -> Self:
-        """Start serving; returns ``self``."""
-        if self._server is None:
-            self._server = HttpsServer(self._api, self.tls.server_context(), self._port)
-            self._server.start()
-        return self
+    def _make_server(self) -> ArmServer:
+        return ArmServer(self._port, self.tls.server_context(), self._api)
 
-    def stop(self) -> None:
-        """Stop serving (the seeded state stays readable)."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+    def _after_stop(self) -> None:
+        """Remove the certificate folder made for this emulator (the seeded state stays readable)."""
         if self._own_workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -252,10 +255,6 @@ class ArmEmulator:
         """Raise :class:`SpecViolationError` if any response the emulator sent failed the spec."""
         if self._api.spec_violations:
             raise SpecViolationError("; ".join(self._api.spec_violations))
-
-    def __enter__(self) -> Self:
-        """Start the emulator."""
-        return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -302,12 +301,12 @@ class ArmEmulator:
     # --- what happened -------------------------------------------------------------------------------------
 
     @property
-    def requests(self) -> list[RecordedRequest]:
+    def requests(self) -> list[RecordedArmRequest]:
         """Every request answered, in order."""
         return list(self._api.requests)
 
     @property
-    def rejected_requests(self) -> list[tuple[RecordedRequest, list[SpecError]]]:
+    def rejected_requests(self) -> list[tuple[RecordedArmRequest, list[SpecFinding]]]:
         """Requests refused because their body did not match the spec, with the reasons."""
         return list(self._api.rejected)
 
@@ -316,7 +315,7 @@ class ArmEmulator:
         """Responses of the emulator's own that did not match the spec (should stay empty)."""
         return list(self._api.spec_violations)
 
-    def requests_for(self, operation_id: str) -> list[RecordedRequest]:
+    def requests_for(self, operation_id: str) -> list[RecordedArmRequest]:
         """The answered requests routed to ``operation_id`` (``Compute_CreateOrUpdate``...)."""
         return [r for r in self._api.requests if r.operation_id == operation_id]
 
@@ -534,9 +533,20 @@ class ArmEmulator:
         return str(record["id"])
 
     def set_vm_sizes(self, location: str, sizes: Iterable[VmSize]) -> None:
-        """Replace the VM sizes offered in ``location``."""
+        """Replace the VM sizes offered in ``location`` (the others keep the constructor's ``vm_sizes``).
+
+        Raises:
+            ConfigurationError: ``sizes`` holds something other than a :class:`VmSize`, or one size twice.
+        """
+        checked = _checked_sizes(sizes)
         with self._state.lock:
-            self._state.vm_sizes[location.lower()] = list(sizes)
+            self._state.vm_sizes[location.lower()] = checked
+
+    @property
+    def vm_sizes(self) -> tuple[VmSize, ...]:
+        """The VM sizes offered in locations without sizes of their own (:meth:`set_vm_sizes`)."""
+        with self._state.lock:
+            return tuple(self._state.default_sizes)
 
     def set_quota(
         self,
@@ -609,6 +619,19 @@ class ArmEmulator:
         """Show where it listens and the emulated time."""
         where = f"https://127.0.0.1:{self._server.port}" if self._server else "stopped"
         return f"ArmEmulator({where}, now={iso(self.now())})"
+
+
+def _checked_sizes(sizes: Iterable[VmSize]) -> list[VmSize]:
+    checked: list[VmSize] = []
+    entries: Iterable[object] = sizes  # checked at run time: callers may pass anything
+    for size in entries:
+        if not isinstance(size, VmSize):
+            msg = f"vm_sizes must hold VmSize(name, family, vcpus, ...) entries, not {size!r}."
+            raise ConfigurationError(msg, name="vm_sizes")
+        if any(other.name.lower() == size.name.lower() for other in checked):
+            raise ConfigurationError(f"vm_sizes lists {size.name!r} twice; keep one entry.", name="vm_sizes")
+        checked.append(size)
+    return checked
 
 
 def _role_guid(role: str) -> str:
