@@ -34,8 +34,8 @@ from typing import IO, TYPE_CHECKING, Literal
 
 import aml_identity
 from aml_identity.datastore._fuse_cache import parse_size
-from aml_identity.datastore._fuse_fs import ATTR_CACHE_TTL_S
 from aml_identity.datastore._fuse_main import READY_PREFIX, check_fuse, clear_stale, fusermount, is_stale
+from aml_identity.datastore._fuse_tree import ATTR_CACHE_TTL_S
 from aml_identity.datastore.uri import DatastoreUri
 from aml_identity.errors import ConfigurationError, DatastoreError
 
