@@ -170,6 +170,11 @@ class BlobFilesystem(WriteOperations):
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         """Read from the block cache (fetching, and fetching ahead for a sequential reader)."""
+        data = self.read_view(path, size, offset, fh)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def read_view(self, path: str | None, size: int, offset: int, fh: int) -> bytes | memoryview:
+        """:meth:`read`, as a view of the cached block where it can be (the mount copies it to the kernel)."""
         handle = self._handles.get(fh)
         if isinstance(handle, Writer):
             return os.pread(handle.staged.fd, size, offset)
@@ -177,7 +182,7 @@ class BlobFilesystem(WriteOperations):
             raise os_error(errno.EBADF)
         for attempt in range(2):
             try:
-                data = self._reader.read(handle, size, offset)
+                data = self._reader.read_view(handle, size, offset)
             except StorageHttpError as exc:
                 if exc.status == 412 and attempt == 0 and not handle.served:  # noqa: PLR2004 - changed before any read
                     self._reopen(handle)

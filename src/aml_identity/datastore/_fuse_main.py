@@ -10,6 +10,7 @@ SIGINT; then libfuse unmounts and the process exits 0.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ctypes.util
 import errno
 import importlib.util
@@ -198,6 +199,17 @@ def _fuse_class(mfusepy: Any) -> Any:
     """
 
     class _Fuse(mfusepy.FUSE):  # type: ignore[misc]  # mfusepy is untyped
+        def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:  # noqa: ARG002
+            # One copy, from the cached block straight into the kernel's buffer (mfusepy copies bytes twice).
+            data = self.operations.read_view(None, size, offset, fip.contents.fh)
+            count = len(data)
+            if count:
+                if isinstance(data, memoryview) and not data.readonly:
+                    ctypes.memmove(buf, (ctypes.c_char * count).from_buffer(data), count)
+                else:
+                    ctypes.memmove(buf, bytes(data), count)
+            return count
+
         def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
             fh = fip.contents.fh if fip else None
             name = None if path is None else path.decode(self.encoding, self.errors)
