@@ -24,7 +24,7 @@ pytestmark = pytest.mark.azurite
 
 TOKEN_LIFETIME_S = 60
 FUSE_READ = 128 * 1024  # what the kernel asks for per read
-STEP_S = 2  # emulated seconds per read: the reader is slow (a training step between reads)
+STEP_S = 1  # emulated seconds per read: the reader is slow (a training step between reads); 8 MiB blocks: 64 reads each
 
 
 def _filesystem(client, store, **options) -> BlobFilesystem:
