@@ -14,7 +14,6 @@ spellings, and — for tests — an injected clock, sleep and random source (azu
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -80,6 +79,9 @@ class RetryPolicy:
         backoff_delta: The exponential backoff's unit (waits are ``(2**n - 1) * delta``).
         backoff_max: The longest wait between two attempts.
         jitter: The fraction by which each wait is randomly stretched or shrunk.
+        retryable: The HTTP statuses worth another attempt.
+        max_attempts: The most attempts, the first included (None: the time budget alone decides).
+        max_retry_after: The longest ``Retry-After`` honoured; a longer one is replaced by the backoff.
     """
 
     total_timeout: float = DEFAULT_TOTAL_TIMEOUT_S
@@ -88,6 +90,9 @@ class RetryPolicy:
     backoff_delta: float = BACKOFF_DELTA_S
     backoff_max: float = BACKOFF_MAX_S
     jitter: float = JITTER_FRACTION
+    retryable: frozenset[int] = RETRYABLE_STATUS
+    max_attempts: int | None = None
+    max_retry_after: float = MAX_RETRY_AFTER_S
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """Return the wait before retry number ``retry`` (0 for the first retry, as Microsoft advises).
@@ -132,6 +137,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # noqa: PLC0415 - rare (an HTTP-date Retry-After); email costs ~10 ms to import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -171,6 +178,9 @@ def call_with_retries(
 ) -> RetryOutcome:
     """Call ``send`` until it returns a non-retryable response or the time budget is spent.
 
+    The identity endpoint (:mod:`aml_identity._fetch`) and storage (:mod:`aml_identity.datastore._rest`)
+    both retry through here, each with its own :class:`RetryPolicy` (statuses, attempts, time budget).
+
     Args:
         send: Sends one request; takes the read timeout for this attempt and returns the response, or
             raises a transport error.
@@ -202,7 +212,7 @@ def call_with_retries(
             if attempt == 1 and give_up_on_first_error is not None and give_up_on_first_error(exc):
                 return RetryOutcome(None, exc, attempt, clock() - start, exhausted=False)
         now = clock()
-        if response is not None and response.status_code not in RETRYABLE_STATUS:
+        if response is not None and response.status_code not in policy.retryable:
             return RetryOutcome(response, None, attempt, now - start, exhausted=False)
         if response is not None and response.status_code == HTTPStatus.GONE:
             # The last attempt must start no earlier than 70 s after the first one.
@@ -220,9 +230,11 @@ def _next_wait(
     policy: RetryPolicy, *, rng: random.Random, attempt: int, response: _Response | None, now: float, deadline: float
 ) -> float | None:
     """Return how long to wait before the next attempt, or None when the budget does not allow one."""
+    if policy.max_attempts is not None and attempt >= policy.max_attempts:
+        return None
     wait = policy.backoff(attempt - 1, rng)
     asked = parse_retry_after(response.headers, now) if response is not None else None
-    if asked is not None and asked <= MAX_RETRY_AFTER_S:
+    if asked is not None and asked <= policy.max_retry_after:
         wait = asked
     if now + wait + MIN_ATTEMPT_S <= deadline:
         return wait

@@ -22,16 +22,18 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import filelock
-from azure.core.credentials import AccessToken, AccessTokenInfo
-
+from aml_identity._private import UnsafeCacheError, check_owned_private, ensure_private_dir
 from aml_identity.errors import AmlIdentityError
+
+if TYPE_CHECKING:
+    import filelock
+    from azure.core.credentials import AccessToken, AccessTokenInfo
 
 __all__ = [
     "ADVISORY_RETRY_DELAY_S",
@@ -42,6 +44,7 @@ __all__ = [
     "NodeCache",
     "TokenState",
     "TokenStore",
+    "UnsafeCacheError",
     "default_cache_dir",
     "new_token",
 ]
@@ -70,10 +73,6 @@ NODE_LOCK_WAIT_MARGIN_S = 30.0
 NODE_LOCK_POLL_S = 0.01
 # Cache file format version; a file with another version is ignored (and overwritten on the next fetch).
 CACHE_FORMAT = 1
-# Group/other permission bits that make a cache directory unsafe (anyone else could plant or swap files).
-_UNSAFE_DIR_BITS = stat.S_IWGRP | stat.S_IWOTH
-# Any group/other bit on a token file is refused: the file holds a bearer token.
-_UNSAFE_FILE_BITS = stat.S_IRWXG | stat.S_IRWXO
 
 
 class TokenState(enum.Enum):
@@ -83,25 +82,6 @@ class TokenState(enum.Enum):
     ADVISORY = "advisory"
     MANDATORY = "mandatory"
     EXPIRED = "expired"
-
-
-class _MaskedAccessToken(AccessToken):
-    """An ``AccessToken`` whose ``repr`` does not show the token."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"AccessToken(token='****', expires_on={self.expires_on})"
-
-
-class _MaskedAccessTokenInfo(AccessTokenInfo):
-    """An ``AccessTokenInfo`` whose ``repr`` does not show the token."""
-
-    def __repr__(self) -> str:
-        return (
-            f"AccessTokenInfo(token='****', expires_on={self.expires_on}, token_type='{self.token_type}', "
-            f"refresh_on={self.refresh_on})"
-        )
 
 
 @dataclass(frozen=True)
@@ -130,11 +110,14 @@ class CachedToken:
 
     def __post_init__(self) -> None:
         """Prebuild the azure-core objects so the cache hit path allocates nothing."""
-        object.__setattr__(self, "access_token", _MaskedAccessToken(self.token, self.expires_on))
+        # azure-core is imported with the first token, not with aml_identity (its package imports the pipeline).
+        from aml_identity._access_token import MaskedAccessToken, MaskedAccessTokenInfo  # noqa: PLC0415
+
+        object.__setattr__(self, "access_token", MaskedAccessToken(self.token, self.expires_on))
         object.__setattr__(
             self,
             "info",
-            _MaskedAccessTokenInfo(self.token, self.expires_on, token_type=self.token_type, refresh_on=self.refresh_on),
+            MaskedAccessTokenInfo(self.token, self.expires_on, token_type=self.token_type, refresh_on=self.refresh_on),
         )
 
     def state(self, now: float) -> TokenState:
@@ -247,21 +230,6 @@ def default_cache_dir(cache_dir: str | None, xdg_runtime_dir: str | None) -> Pat
     return Path.home() / ".cache" / "aml-identity"
 
 
-class UnsafeCacheError(AmlIdentityError):
-    """The node cache directory or a file in it is not safe to use; the message says why."""
-
-
-def _check_owned_private(st: os.stat_result, path: Path, *, is_dir: bool, uid: int) -> None:
-    kind = "directory" if is_dir else "file"
-    if st.st_uid != uid:
-        raise UnsafeCacheError(f"cache {kind} {path} is owned by uid {st.st_uid}, not by this user ({uid})")
-    bad = _UNSAFE_DIR_BITS if is_dir else _UNSAFE_FILE_BITS
-    if st.st_mode & bad:
-        mode = stat.S_IMODE(st.st_mode)
-        want = "not group/world-writable" if is_dir else "mode 0600"
-        raise UnsafeCacheError(f"cache {kind} {path} has mode {mode:04o}; it must be {want}")
-
-
 class NodeCache:
     """Token files shared by the processes of one user on one node."""
 
@@ -290,16 +258,8 @@ class NodeCache:
         Raises:
             UnsafeCacheError: It is a symlink, owned by someone else, or group/world-writable.
         """
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir(mode=0o700)
-        st = directory.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            raise UnsafeCacheError(f"cache directory {directory} is a symlink (to {directory.readlink()})")
-        if not stat.S_ISDIR(st.st_mode):
-            raise UnsafeCacheError(f"cache path {directory} is not a directory")
         cache = cls(directory, uid=uid)
-        _check_owned_private(st, directory, is_dir=True, uid=cache.uid)
+        ensure_private_dir(directory, uid=cache.uid)
         return cache
 
     def _path(self, name: str) -> Path:
@@ -322,7 +282,7 @@ class NodeCache:
             _log.debug("cannot read token cache file %s: %s", path, exc.strerror)
             return None
         with os.fdopen(fd, "r", encoding="utf-8") as f:
-            _check_owned_private(os.fstat(f.fileno()), path, is_dir=False, uid=self.uid)
+            check_owned_private(os.fstat(f.fileno()), path, is_dir=False, uid=self.uid)
             return CachedToken.from_json(f.read())
 
     def write(self, name: str, token: CachedToken) -> None:
@@ -347,6 +307,8 @@ class NodeCache:
             blocking: Wait for it (mandatory refresh) or give up at once (advisory refresh).
             timeout: The longest wait when blocking.
         """
+        import filelock  # noqa: PLC0415 - ~10 ms to import; a node-cache hit never takes the lock
+
         lock = self._file_locks.get(name)
         if lock is None:
             lock = filelock.FileLock(self.directory / f"{name}.lock", mode=0o600, thread_local=False)

@@ -16,12 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Literal
-
-from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
+from typing import TYPE_CHECKING, Any, Literal
 
 from aml_identity._environment import JobEnvironment
-from aml_identity._fetch import Fetcher, make_fetcher
 from aml_identity._retry import RetryPolicy
 from aml_identity._tokens import (
     NODE_LOCK_WAIT_MARGIN_S,
@@ -34,6 +31,11 @@ from aml_identity._tokens import (
 )
 from aml_identity.errors import ConfigurationError
 from aml_identity.identity import ManagedIdentity, default_identity
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
+
+    from aml_identity._fetch import Fetcher
 
 __all__ = ["CacheMode", "JobCredential", "default_credential", "get_token", "scope_to_resource"]
 
@@ -173,8 +175,8 @@ class JobCredential:
         self._retry = retry or RetryPolicy(total_timeout=self._env.token_timeout or RetryPolicy().total_timeout)
         self._clock = clock or time.time
         self._sleep = sleep or time.sleep
-        self._fetcher: Fetcher = make_fetcher(identity, self._env, policy=self._retry, clock=self._clock,
-                                              sleep=self._sleep)  # fmt: skip
+        # Made on the first fetch: it imports msal and requests, which a node-cache hit never needs.
+        self._fetcher: Fetcher | None = None
         self._store = _store_for(cache, self._env, self._clock, self._retry.total_timeout + NODE_LOCK_WAIT_MARGIN_S)
         self._memory = self._store.memory
         self._keys: dict[tuple[tuple[str, ...], str | None], tuple[str, str]] = {}
@@ -212,8 +214,19 @@ class JobCredential:
             entry = self._memory.get(key)
             if entry is not None and self._clock() < entry.refresh_on:
                 return entry  # the hot path: a dict read and a clock compare
+        return self._store.get(key, lambda: self._fetch(resource, claims), force=claims is not None)
+
+    def _fetch(self, resource: str, claims: str | None) -> CachedToken:
+        """Fetch from the identity endpoint, making the fetcher (and importing msal) the first time."""
         fetcher = self._fetcher
-        return self._store.get(key, lambda: fetcher.fetch(resource, claims=claims), force=claims is not None)
+        if fetcher is None:
+            # No lock: two threads racing here make two equivalent fetchers, and one is dropped (a lock held
+            # across a fork would outlive it in the child).
+            from aml_identity._fetch import make_fetcher  # noqa: PLC0415 - msal and requests, on the first fetch
+
+            fetcher = make_fetcher(self.identity, self._env, policy=self._retry, clock=self._clock, sleep=self._sleep)
+            self._fetcher = fetcher
+        return fetcher.fetch(resource, claims=claims)
 
     def get_token(
         self,

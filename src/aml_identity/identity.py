@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from aml_identity import errors
 from aml_identity._environment import JobEnvironment, check_outbound_url, is_guid, is_loopback_host
-from aml_identity.errors import ConfigurationError, IdentityNotConfiguredError, IdentityUnavailableError
+from aml_identity.errors import ConfigurationError
 
 __all__ = ["SOURCE_NAMES", "IdentitySource", "ManagedIdentity", "SelectedBy", "default_identity"]
 
@@ -156,7 +157,7 @@ def _detect_source(env: JobEnvironment) -> tuple[IdentitySource, str]:  # noqa: 
     if ARC_AGENT_FILE.exists():
         return "azure_arc", _validate_endpoint(ARC_DEFAULT_ENDPOINT, "IDENTITY_ENDPOINT", env, carries_secret=False)
     if env.cloud_shell or (env.msi_endpoint and not env.msi_secret):
-        raise IdentityUnavailableError(
+        raise errors.IdentityUnavailableError(
             "This looks like Azure Cloud Shell (MSI_ENDPOINT without MSI_SECRET), whose endpoint gives tokens for "
             "the signed-in user, not a managed identity. Use azure.identity.AzureCliCredential there; on Azure ML "
             "compute both MSI_ENDPOINT and MSI_SECRET are set by the platform.",
@@ -282,7 +283,7 @@ def _resolve_azureml(env: JobEnvironment, endpoint: str, explicit: _Explicit | N
     raw = (env.default_identity_client_id or "").strip()
     if not raw or raw.lower() == NO_IDENTITY_PLACEHOLDER:
         shown = "is not set" if env.default_identity_client_id is None else f"is {raw!r}"
-        raise IdentityNotConfiguredError(
+        raise errors.IdentityNotConfiguredError(
             f"This Azure ML compute has no managed identity: DEFAULT_IDENTITY_CLIENT_ID {shown}. Assign one "
             "(`az ml compute update --name <cluster> --identity-type SystemAssigned`, or "
             "aml_identity.provisioning's cluster.add_identity()), or pass client_id= for a user-assigned "

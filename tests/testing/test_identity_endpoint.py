@@ -27,7 +27,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
 from azure.identity.aio import ManagedIdentityCredential as AsyncManagedIdentityCredential
 
-from aml_identity.testing import EmulatedIdentity, Fault, IdentityEndpoint, RecordedRequest
+from aml_identity.testing import EmulatedIdentity, Fault, IdentityEndpoint, RecordedTokenRequest
 
 STORAGE = "https://storage.azure.com"
 SCOPE = STORAGE + "/.default"
@@ -89,7 +89,7 @@ def msal_client(identity: msal.ManagedIdentity) -> msal.ManagedIdentityClient:
     return msal.ManagedIdentityClient(identity, http_client=requests.Session())
 
 
-def only(requests_: list[RecordedRequest]) -> RecordedRequest:
+def only(requests_: list[RecordedTokenRequest]) -> RecordedTokenRequest:
     assert len(requests_) == 1, requests_
     return requests_[0]
 

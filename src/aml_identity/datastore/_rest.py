@@ -8,9 +8,11 @@ Blob, Put Blob, Put Block, Put Block List - are sent with the standard library's
 pooled keep-alive TLS connections, reading bodies straight into the caller's buffer. The wire format follows
 the Blob service REST reference; the test suite checks it against Azurite and the real SDK.
 
-What this module owns: connection pooling, the bearer token (refreshed by its ``refresh_on``, so no request
-ever carries a stale token however long a transfer runs), retries with backoff for throttling, server
-errors and dropped connections, and turning an error response into :class:`StorageHttpError`.
+What this module owns: connection pooling, the ``Authorization`` header, and turning an error response into
+:class:`StorageHttpError`. What it reuses: the token-refresh policy of :mod:`aml_identity._tokens` (the job
+credential applies it itself; any other credential is wrapped in it, so no request ever carries a stale
+token however long a transfer runs), and the retry loop and ``Retry-After`` parsing of
+:mod:`aml_identity._retry`, with storage's own statuses, attempts and budget.
 """
 
 from __future__ import annotations
@@ -21,20 +23,21 @@ import http.client
 import logging
 import random
 import ssl
-import threading
 import time
 import xml.etree.ElementTree as ET
 from base64 import b64decode
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import jwt
 
 from aml_identity import __version__
-from aml_identity.errors import redact
+from aml_identity._retry import RetryPolicy, call_with_retries
+from aml_identity._tokens import CachedToken, TokenStore, new_token
+from aml_identity.errors import AmlIdentityError, redact
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -59,28 +62,43 @@ STORAGE_API_VERSION = "2025-11-05"
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 _USER_AGENT = f"aml-identity/{__version__} Python-http.client"
 
-# Statuses worth retrying: timeouts, throttling, and transient server errors (Azure Storage guidance).
+# Statuses worth retrying: timeouts, throttling, and transient server errors (Azure Storage guidance). Not
+# 404 or 410 as on the identity endpoint: from storage they are answers, not outages.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-# Attempts per request (first try included) before giving up: ~1 minute of backoff in total.
+# Attempts per request (first try included) before giving up: ~45 s of backoff in total.
 MAX_ATTEMPTS = 7
-# Exponential backoff: base delay, growth factor and cap; full jitter spreads out many workers.
-BACKOFF_BASE_S = 0.5
+# Exponential backoff (waits of 0, ~1, ~3, ~7, ~15, 20 s) with wide jitter: the workers of one transfer are
+# throttled together and must not come back in lockstep.
+BACKOFF_DELTA_S = 1.0
 BACKOFF_MAX_S = 20.0
-# Longest Retry-After we honour; longer values are capped so a transfer does not stall for minutes.
+BACKOFF_JITTER = 0.5
+# Longest Retry-After we honour; a longer one is replaced by the backoff so a transfer does not stall for
+# minutes on one request.
 RETRY_AFTER_MAX_S = 60.0
 # Socket timeout for connecting and for each read: a stalled connection is dropped and the request retried.
 SOCKET_TIMEOUT_S = 60.0
+# Time one request may spend on all its attempts: the attempt count ends retries first; this only bounds
+# the case of every attempt stalling until its socket timeout (7 x 60 s, plus the backoff).
+RETRY_BUDGET_S = 600.0
+# The storage retry policy, run by aml_identity._retry's loop (the one the identity endpoint uses).
+STORAGE_RETRY_POLICY = RetryPolicy(
+    total_timeout=RETRY_BUDGET_S,
+    attempt_timeout=SOCKET_TIMEOUT_S,
+    connect_timeout=SOCKET_TIMEOUT_S,
+    backoff_delta=BACKOFF_DELTA_S,
+    backoff_max=BACKOFF_MAX_S,
+    jitter=BACKOFF_JITTER,
+    retryable=RETRYABLE_STATUS,
+    max_attempts=MAX_ATTEMPTS,
+    max_retry_after=RETRY_AFTER_MAX_S,
+)
 # List Blobs page size: the service maximum, fewest round trips.
 LIST_PAGE_SIZE = 5000
 # User metadata travels as headers with this prefix (Get Blob Properties).
 _META_HEADER = "x-ms-meta-"
-
-# Token refresh: azure-core's policy refreshes 300 s before expiry; for short-lived tokens (an emulator set to
-# 60 s) that would mean "always", so refresh at half the remaining lifetime when that comes first.
-TOKEN_REFRESH_BEFORE_EXPIRY_S = 300
-# Never re-ask the credential more often than this while its token is still valid (it may be cached and
-# near expiry; the credential decides when it really fetches).
-TOKEN_MIN_RECHECK_S = 1.0
+# The key of the one token a holder keeps in its in-process store.
+_TOKEN_KEY = "storage"  # noqa: S105 - a dictionary key, not a secret
+_RNG = random.Random()  # noqa: S311 - backoff jitter, not cryptography
 
 
 class StorageHttpError(Exception):
@@ -104,14 +122,23 @@ class StorageHttpError(Exception):
         self.resource = resource
 
 
+class _CredentialFailedError(AmlIdentityError):
+    """Carries another credential's exception through the token store (which logs advisory failures)."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
 class BearerToken:
     """The current ``Authorization`` header for one credential and scope, refreshed ahead of expiry.
 
     With the job credential (:class:`aml_identity.credential.JobCredential`) every request asks it: its
     cache hit is a dictionary read and a clock compare (~1 us), and it alone decides - by its own clock and
-    refresh policy - when a token is refreshed. Any other ``TokenCredential`` is asked again only when its
-    token is due for a refresh (its ``refresh_on``, else halfway to expiry or 5 min before, whichever comes
-    first), by one thread while the others keep the still-valid token.
+    refresh policy - when a token is refreshed. Any other ``TokenCredential`` is held in an in-process
+    :class:`aml_identity._tokens.TokenStore`, so it gets the same policy: asked again from its token's
+    ``refresh_on`` (by one thread, while the others keep the still-valid token; a failure there is logged
+    and retried 30 s later) and, in the last minutes, by every caller until one succeeds.
     """
 
     def __init__(
@@ -131,10 +158,11 @@ class BearerToken:
         self._credential = credential
         self._scope = scope
         self._clock = clock
-        self._lock = threading.Lock()
         self._header = ""
         self._token = ""
-        self._refresh_at = 0.0
+        self._current: CachedToken | None = None
+        self._force = False
+        self._store = TokenStore(None, clock, lock_timeout=0.0)  # in-process: no node lock to wait for
         self._per_call: Callable[[str], Any] | None = None
         try:
             from aml_identity.credential import JobCredential  # noqa: PLC0415 - avoid an import cycle
@@ -152,18 +180,23 @@ class BearerToken:
                 self._token = token
                 self._header = "Bearer " + token
             return self._header
-        if self._clock() < self._refresh_at:
+        current = self._current
+        if current is not None and not self._force and self._clock() < current.refresh_on:
             return self._header
-        with self._lock:
-            now = self._clock()
-            if now >= self._refresh_at:
-                self._refresh(now)
-            return self._header
+        force, self._force = self._force, False
+        try:
+            cached = self._store.get(_TOKEN_KEY, self._fetch, force=force)
+        except _CredentialFailedError as exc:
+            raise exc.original from None
+        if cached is not current:
+            self._current = cached
+            self._token = cached.token
+            self._header = "Bearer " + cached.token
+        return self._header
 
     def invalidate(self) -> None:
         """Forget the token so the next request asks the credential again (after a 401)."""
-        with self._lock:
-            self._refresh_at = 0.0
+        self._force = True
 
     def claims(self) -> dict[str, Any]:
         """Return the current token's claims, decoded without verification (to name the identity)."""
@@ -176,23 +209,22 @@ class BearerToken:
             return {}
         return claims
 
-    def _refresh(self, now: float) -> None:
+    def _fetch(self) -> CachedToken:
+        now = self._clock()
         get_info = getattr(self._credential, "get_token_info", None)
         refresh_on: float | None = None
-        if get_info is not None:
-            info = get_info(self._scope)
-            token, expires_on = info.token, float(info.expires_on)
-            refresh_on = float(info.refresh_on) if getattr(info, "refresh_on", None) else None
-        else:
-            access = self._credential.get_token(self._scope)
-            token, expires_on = access.token, float(access.expires_on)
-        remaining = expires_on - now
-        due = now + min(remaining - TOKEN_REFRESH_BEFORE_EXPIRY_S, remaining / 2)
-        if refresh_on is not None:
-            due = min(due, refresh_on)
-        self._token = token
-        self._header = "Bearer " + token
-        self._refresh_at = max(due, now + TOKEN_MIN_RECHECK_S) if remaining > TOKEN_MIN_RECHECK_S else now
+        try:
+            if get_info is not None:
+                info = get_info(self._scope)
+                token, expires_on = info.token, float(info.expires_on)
+                refresh_on = float(info.refresh_on) if getattr(info, "refresh_on", None) else None
+            else:
+                access = self._credential.get_token(self._scope)
+                token, expires_on = access.token, float(access.expires_on)
+        except Exception as exc:
+            raise _CredentialFailedError(exc) from exc
+        refresh_in = int(refresh_on - now) if refresh_on is not None else None
+        return new_token(token, expires_on=int(expires_on), now=now, refresh_in=refresh_in)
 
 
 @dataclass(frozen=True)
@@ -249,6 +281,40 @@ def _error_from(
     return StorageHttpError(status, code, redact(detail), method, resource)
 
 
+class _Answer:
+    """One response as the retry loop sees it: the status and headers, and what was read or the error."""
+
+    __slots__ = ("_headers", "error", "result", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: http.client.HTTPMessage,
+        *,
+        result: object = None,
+        error: StorageHttpError | None = None,
+    ) -> None:
+        self.status = status
+        self._headers = headers
+        self.result = result
+        self.error = error
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status (the name :mod:`aml_identity._retry` reads)."""
+        return self.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response headers (read only on a retry, for ``Retry-After``)."""
+        return cast("Mapping[str, str]", self._headers)
+
+
+def _is_transient(exc: Exception) -> bool:
+    """Whether a transport error is worth another attempt (dropped connections, timeouts, TLS errors)."""
+    return isinstance(exc, (OSError, http.client.HTTPException))
+
+
 class _Connection(http.client.HTTPSConnection):
     """A keep-alive HTTPS connection that remembers whether it has carried a request yet."""
 
@@ -294,7 +360,11 @@ class BlobRestClient:
         self._token = token
         self._ssl = ssl_context or ssl.create_default_context()
         self._sleep = sleep
-        self._max_attempts = max_attempts
+        self._policy = (
+            STORAGE_RETRY_POLICY
+            if max_attempts == STORAGE_RETRY_POLICY.max_attempts
+            else replace(STORAGE_RETRY_POLICY, max_attempts=max_attempts)
+        )
         self._on_request = on_request
         self._idle: deque[_Connection] = deque()
         self._closed = False
@@ -331,15 +401,7 @@ class BlobRestClient:
         else:
             self._idle.append(conn)
 
-    def _backoff(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), RETRY_AFTER_MAX_S)
-            except ValueError:
-                pass
-        return random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))  # noqa: S311 - jitter
-
-    def request(  # noqa: C901, PLR0912, PLR0915 - one retry loop reads best as one function
+    def request(
         self,
         method: str,
         path: str,
@@ -352,6 +414,9 @@ class BlobRestClient:
         resource: str = "",
     ) -> T | bytes:
         """Send one request, retrying what is worth retrying, and hand a successful response to a reader.
+
+        Retries follow :data:`STORAGE_RETRY_POLICY` through :func:`aml_identity._retry.call_with_retries`
+        (``Retry-After`` in seconds or as an HTTP date, and ``x-ms-retry-after-ms``, are honoured).
 
         Args:
             method: The HTTP method.
@@ -371,9 +436,47 @@ class BlobRestClient:
         Raises:
             StorageHttpError: The service answered an error that is not worth retrying, or retries ran out.
         """
-        ok_set = set(ok)
-        attempt = 0
+        ok_set = frozenset(ok)
         refreshed = False
+
+        def attempt(_timeout: float) -> _Answer:
+            nonlocal refreshed
+            while True:
+                answer = self._attempt(method, path, headers, body, body_length, ok_set, on_response, resource)
+                if answer.status == 401 and not refreshed:  # noqa: PLR2004 - token rejected: ask once more
+                    refreshed = True
+                    self._token.invalidate()
+                    continue
+                return answer
+
+        def on_retry(number: int, answer: _Answer | None, error: Exception | None, wait: float) -> None:
+            why = f"HTTP {answer.status}" if answer is not None else type(error).__name__
+            _log.debug("%s %s failed (%s, attempt %d); retrying in %.1f s", method, resource, why, number, wait)
+
+        outcome = call_with_retries(
+            attempt, policy=self._policy, is_transient=_is_transient, clock=time.time, sleep=self._sleep, rng=_RNG,
+            on_retry=on_retry,
+        )  # fmt: skip
+        answer = cast("_Answer | None", outcome.response)
+        if answer is None:
+            exc = outcome.error
+            raise StorageHttpError(0, type(exc).__name__, str(exc), method, resource) from None
+        if answer.error is not None:
+            raise answer.error
+        return cast("T | bytes", answer.result)
+
+    def _attempt(  # noqa: PLR0917 - private, one caller
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        body: bytes | memoryview | Callable[[Callable[[Any], None]], None] | None,
+        body_length: int | None,
+        ok: frozenset[int],
+        on_response: Callable[[http.client.HTTPResponse], Any] | None,
+        resource: str,
+    ) -> _Answer:
+        """Send the request once (again at once on a fresh connection if a kept-alive one was closed)."""
         while True:
             conn = self._take()
             reused = conn.used
@@ -384,49 +487,30 @@ class BlobRestClient:
                 conn.close()
                 if reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionError, BrokenPipeError)):
                     continue  # the server closed an idle keep-alive connection: resend at once on a new one
-                attempt += 1
-                if attempt >= self._max_attempts:
-                    raise StorageHttpError(0, type(exc).__name__, str(exc), method, resource) from None
-                _log.debug("%s %s failed (%s); retrying", method, resource, type(exc).__name__)
-                self._sleep(self._backoff(attempt, None))
-                continue
-            conn.used = True
-            if self._on_request is not None:
-                self._on_request()
-            status = response.status
-            if status in ok_set:
-                try:
-                    result: T | bytes = on_response(response) if on_response is not None else response.read()
-                    if not response.isclosed():
-                        response.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    conn.close()
-                    attempt += 1
-                    if attempt >= self._max_attempts:
-                        raise StorageHttpError(0, type(exc).__name__, str(exc), method, resource) from None
-                    self._sleep(self._backoff(attempt, None))
-                    continue
-                self._release(conn, response)
-                return result
+                raise
+            break
+        conn.used = True
+        if self._on_request is not None:
+            self._on_request()
+        status = response.status
+        if status in ok:
             try:
-                payload = response.read() if method != "HEAD" else b""
+                result = on_response(response) if on_response is not None else response.read()
+                if not response.isclosed():
+                    response.read()
             except (OSError, http.client.HTTPException):
-                payload = b""
                 conn.close()
-            else:
-                self._release(conn, response)
-            error = _error_from(status, response.headers, payload, method, resource)
-            if status == 401 and not refreshed:  # noqa: PLR2004 - token rejected: ask the credential once more
-                refreshed = True
-                self._token.invalidate()
-                continue
-            if status in RETRYABLE_STATUS:
-                attempt += 1
-                if attempt < self._max_attempts:
-                    _log.debug("%s %s: HTTP %s; retrying", method, resource, status)
-                    self._sleep(self._backoff(attempt, response.headers.get("Retry-After")))
-                    continue
-            raise error
+                raise
+            self._release(conn, response)
+            return _Answer(status, response.headers, result=result)
+        try:
+            payload = response.read() if method != "HEAD" else b""
+        except (OSError, http.client.HTTPException):
+            payload = b""
+            conn.close()
+        else:
+            self._release(conn, response)
+        return _Answer(status, response.headers, error=_error_from(status, response.headers, payload, method, resource))
 
     def _release(self, conn: _Connection, response: http.client.HTTPResponse) -> None:
         if response.will_close:

@@ -3,7 +3,8 @@
 Storage URIs (``wasbs://``, ``abfss://``, ``https://``) name their account and container directly. Named
 datastores (``azureml://...datastores/<name>/...``) are looked up once per process through the workspace's
 datastore API (``Datastores_Get``, api-version 2025-12-01) with the job identity, through
-``azure-mgmt-core``'s ARM pipeline (retries, challenge authentication).
+the package's one ARM client (:mod:`aml_identity._arm`: ``azure-mgmt-core``'s pipeline, retries,
+challenge authentication).
 
 The blob endpoint is ``https://<account>.blob.<suffix>`` unless ``AML_IDENTITY_BLOB_ENDPOINTS`` maps the
 account elsewhere (an emulator, a private endpoint).
@@ -16,9 +17,10 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from aml_identity._environment import DEFAULT_ARM_ENDPOINT, JobEnvironment, check_outbound_url, is_loopback_host
+from aml_identity._environment import JobEnvironment
+from aml_identity._job import job_credential
 from aml_identity.datastore.uri import DatastoreUri
 from aml_identity.errors import ConfigurationError, DatastoreError, redact
 
@@ -36,6 +38,9 @@ DEFAULT_ENDPOINT_SUFFIX = "core.windows.net"
 # Datastore types that are blob containers underneath (the others - file shares, Data Lake Gen1, OneLake -
 # are not blob storage and cannot be read with the blob API).
 _BLOB_TYPES = {"AzureBlob": "containerName", "AzureDataLakeGen2": "filesystem"}
+# Retries of a datastore lookup (azure-core's RetryPolicy default): one GET per datastore per job, made
+# before any data moves, so riding out a longer ARM hiccup is worth more than failing fast.
+LOOKUP_RETRY_TOTAL = 10
 
 _cache_lock = threading.Lock()
 _cache: dict[tuple[str, str, str, str, str], tuple[str, str, str]] = {}
@@ -123,7 +128,7 @@ def resolve(
     with _cache_lock:
         hit = _cache.get(key)
     if hit is None:
-        hit = _fetch_datastore(env, sub, rg, ws, parsed.datastore, credential)
+        hit = _fetch_datastore(env, sub, rg, ws, parsed.datastore, credential or job_credential(environ))
         with _cache_lock:
             _cache[key] = hit
     account, container, suffix = hit
@@ -131,15 +136,10 @@ def resolve(
 
 
 def arm_scope(env: JobEnvironment) -> str:
-    """Return the token scope for the ARM endpoint in use.
+    """Return the token scope for the ARM endpoint in use (the one rule, :func:`aml_identity._arm.arm_scope`)."""
+    from aml_identity._arm import arm_scope as scope_of  # noqa: PLC0415 - keep `import aml_identity` light
 
-    An emulator on loopback stands in for the public cloud, so it gets public-cloud tokens; a sovereign
-    cloud's ARM endpoint is its own audience.
-    """
-    host = urlsplit(env.arm_endpoint).hostname or ""
-    if env.arm_endpoint_overridden and is_loopback_host(host):
-        return f"{DEFAULT_ARM_ENDPOINT}/.default"
-    return f"{env.arm_endpoint}/.default"
+    return scope_of(env.arm_endpoint)
 
 
 def _fetch_datastore(  # noqa: PLR0917 - private, one caller
@@ -148,43 +148,24 @@ def _fetch_datastore(  # noqa: PLR0917 - private, one caller
     rg: str,
     ws: str,
     name: str,
-    credential: TokenCredential | None,
+    credential: TokenCredential,
 ) -> tuple[str, str, str]:
     from azure.core.exceptions import HttpResponseError  # noqa: PLC0415 - keep `import aml_identity` light
-    from azure.core.pipeline.policies import RetryPolicy, UserAgentPolicy  # noqa: PLC0415
-    from azure.core.rest import HttpRequest  # noqa: PLC0415
-    from azure.mgmt.core import ARMPipelineClient  # noqa: PLC0415
-    from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy  # noqa: PLC0415
 
-    from aml_identity import __version__  # noqa: PLC0415
+    from aml_identity._arm import ArmClient  # noqa: PLC0415
 
-    if credential is None:
-        from aml_identity.credential import default_credential  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-
-        credential = default_credential()
     path = (
         f"/subscriptions/{quote(sub, safe='')}/resourceGroups/{quote(rg, safe='')}"
         f"/providers/Microsoft.MachineLearningServices/workspaces/{quote(ws, safe='')}"
         f"/datastores/{quote(name, safe='')}"
     )
-    url = f"{env.arm_endpoint}{path}?api-version={DATASTORES_API_VERSION}"
-    check_outbound_url(url, env, what="Azure Resource Manager endpoint")
     where = f"datastore {name!r} of workspace {ws!r} (resource group {rg!r}, subscription {sub})"
-    client: ARMPipelineClient[HttpRequest, Any] = ARMPipelineClient(
-        base_url=env.arm_endpoint,
-        policies=[
-            UserAgentPolicy(sdk_moniker=f"aml-identity/{__version__}"),
-            RetryPolicy(),
-            ARMChallengeAuthenticationPolicy(credential, arm_scope(env)),
-        ],
-        **({"connection_verify": env.ca_bundle} if env.ca_bundle else {}),
-    )
     try:
-        with client:
-            response = client.send_request(HttpRequest("GET", url))
+        with ArmClient(credential, env=env, retry_total=LOOKUP_RETRY_TOTAL) as client:
+            response = client.send("GET", path, api_version=DATASTORES_API_VERSION)
     except HttpResponseError as exc:
         raise DatastoreError(f"Could not read {where} from {env.arm_endpoint}: {redact(str(exc))}") from None
-    status = response.status_code
+    status = response.status
     if status == 404:  # noqa: PLR2004 - HTTP status
         raise DatastoreError(
             f"The {where} does not exist ({env.arm_endpoint} answered 404). Check the name in the URI "
@@ -197,15 +178,12 @@ def _fetch_datastore(  # noqa: PLR0917 - private, one caller
             "'AzureML Data Scientist' or 'Reader', or use the storage URI (wasbs://, abfss://, https://) "
             "instead of the datastore name."
         )
+    text = response.pipeline_response.http_response.text()
     if status != 200:  # noqa: PLR2004 - HTTP status
-        raise DatastoreError(
-            f"Could not read the {where}: {env.arm_endpoint} answered HTTP {status}: {redact(response.text())}"
-        )
-    try:
-        body: Any = response.json()
-    except ValueError:
-        raise DatastoreError(f"The answer for the {where} is not JSON: {redact(response.text())}") from None
-    return _location_from_body(body, where)
+        raise DatastoreError(f"Could not read the {where}: {env.arm_endpoint} answered HTTP {status}: {redact(text)}")
+    if response.body is None:
+        raise DatastoreError(f"The answer for the {where} is not JSON: {redact(text)}")
+    return _location_from_body(response.body, where)
 
 
 def _location_from_body(body: Any, where: str) -> tuple[str, str, str]:

@@ -22,16 +22,18 @@ import logging
 import os
 import signal
 import ssl
-import stat
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from aml_identity._environment import JobEnvironment, check_outbound_url
+from aml_identity._job import job_credential
+from aml_identity._private import UnsafeCacheError, ensure_private_dir
 from aml_identity.datastore._download import run_download
 from aml_identity.datastore._engine import Counters, Progress
 from aml_identity.datastore._rest import BearerToken, BlobRestClient
@@ -104,13 +106,6 @@ class TransferResult:
         return data
 
 
-def _job_credential(environ: Mapping[str, str] | None) -> TokenCredential:
-    from aml_identity.credential import default_credential  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-
-    credential: TokenCredential = default_credential(environ=environ)
-    return credential
-
-
 def _workers(max_concurrency: int | None) -> int:
     if max_concurrency is None:
         return DEFAULT_MAX_CONCURRENCY
@@ -142,7 +137,7 @@ def _session(
 ) -> Iterator[tuple[BlobLocation, BlobRestClient, Counters, Progress]]:
     """Resolve ``uri`` with the credential, and hold a client and a progress reporter for one transfer call."""
     env = JobEnvironment.from_environ(environ)
-    credential = credential or _job_credential(environ)
+    credential = credential or job_credential(environ)
     location = resolve(uri, credential=credential, environ=environ)
     counters = Counters()
     reporter = Progress(progress, direction)
@@ -265,13 +260,13 @@ def _once_per_node(
 
     key = hashlib.sha256(f"{source}\0{os.path.abspath(dest)}".encode()).hexdigest()[:32]
     folder = os.path.join(tempfile.gettempdir(), f"aml-identity-{os.getuid()}")
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+    try:
+        ensure_private_dir(Path(folder), uid=os.getuid(), what="lock")
+    except UnsafeCacheError as exc:
         raise TransferError(
             f"once_per_node needs a private lock folder, but {folder!r} is not a directory owned by this user "
-            "with mode 0700; remove it (or set TMPDIR to another folder) and run again."
-        )
+            f"with mode 0700 ({exc}); remove it (or set TMPDIR to another folder) and run again."
+        ) from None
     marker = os.path.join(folder, f"download-{key}.done")
     called_at = time.time()
     with FileLock(os.path.join(folder, f"download-{key}.lock")):

@@ -137,7 +137,7 @@ def _warnings_to_stderr() -> Iterator[None]:
 
 
 def _workspace(args: argparse.Namespace) -> Any:
-    from aml_identity.provisioning.clusters import Workspace  # noqa: PLC0415 - keep `--help` fast
+    from aml_identity.provisioning.workspace import Workspace  # noqa: PLC0415 - keep `--help` fast
 
     given = {
         "--subscription": args.subscription,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aml_identity.errors import ConfigurationError, QuotaExceededError
 
 if TYPE_CHECKING:
-    from aml_identity.provisioning.arm import ArmClient
+    from aml_identity._arm import ArmClient
     from aml_identity.provisioning.spec import ClusterSpec
 
 __all__ = ["QuotaLine", "preflight"]

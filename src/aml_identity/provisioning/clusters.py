@@ -1,16 +1,12 @@
-"""Workspaces and their compute clusters: get, ensure, create, wait, change identity and scale, delete."""
+"""A workspace's compute clusters: get, ensure, create, wait, change identity and scale, delete."""
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from aml_identity._environment import JobEnvironment, is_guid
 from aml_identity.errors import (
     ClusterNotFoundError,
     ConfigurationError,
@@ -19,7 +15,6 @@ from aml_identity.errors import (
     redact,
 )
 from aml_identity.provisioning._preflight import preflight as _preflight
-from aml_identity.provisioning.arm import ArmClient, ArmOperation
 from aml_identity.provisioning.spec import (
     ClusterSpec,
     Drift,
@@ -31,21 +26,20 @@ from aml_identity.provisioning.spec import (
     identity_from_arm,
     scale_warnings,
 )
+from aml_identity.provisioning.workspace import Workspace, arm_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
-    from azure.core.credentials import TokenCredential
+    from aml_identity._arm import ArmOperation
 
-__all__ = ["Cluster", "ClusterCollection", "ClusterStatus", "Workspace"]
+__all__ = ["Cluster", "ClusterCollection", "ClusterStatus"]
 
 COMPUTE_API_VERSION = "2025-12-01"
 # Seconds between GETs while waiting for a cluster's nodes (azureml-core polls every 5 s too).
 POLL_INTERVAL_S = 5.0
 # How long wait_for_completion waits by default: azureml-core's 25 minutes.
 DEFAULT_WAIT_TIMEOUT_S = 25 * 60.0
-_RESOURCE_GROUP = re.compile(r"^[-\w._()]{1,90}$")
-_WORKSPACE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$")
 # Read-only parts of a compute that a PUT does not take back.
 _READ_ONLY_TOP = ("id", "name", "type", "systemData")
 _READ_ONLY_COMPUTE = (
@@ -63,21 +57,6 @@ _READ_ONLY_AML = (
     "targetNodeCount",
     "nodeStateCounts",
 )
-_CONFIG_FILES = (Path(".azureml") / "config.json", Path("config.json"))
-# How many searched paths an error message lists.
-_SHOWN_PATHS = 4
-
-
-def _default_credential() -> TokenCredential:
-    from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - only when no credential is given
-
-    return DefaultAzureCredential()
-
-
-def _job_credential(environ: Mapping[str, str] | None) -> TokenCredential:
-    from aml_identity.credential import default_credential  # noqa: PLC0415 - only inside a job
-
-    return default_credential(environ=environ)
 
 
 @dataclass(frozen=True)
@@ -156,209 +135,6 @@ def _error_text(entry: Any) -> str:
     return redact(f"{error.get('code', 'Error')}: {error.get('message', '')}")
 
 
-class Workspace:
-    """An Azure Machine Learning workspace, reached through Azure Resource Manager.
-
-    Args:
-        subscription_id: The subscription (a GUID).
-        resource_group: The resource group.
-        name: The workspace name.
-        credential: Any ``TokenCredential``; azure-identity's ``DefaultAzureCredential`` when omitted.
-        environ: Environment to read ``AML_IDENTITY_ARM_ENDPOINT`` (and the sandbox switches) from.
-        connection_verify: TLS verification for ARM: True (``REQUESTS_CA_BUNDLE``), False, or a CA bundle.
-        sleep: Waits between polls (``time.sleep``; tests inject a fake).
-    """
-
-    def __init__(
-        self,
-        subscription_id: str,
-        resource_group: str,
-        name: str,
-        *,
-        credential: TokenCredential | None = None,
-        environ: Mapping[str, str] | None = None,
-        connection_verify: bool | str | None = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> None:
-        """Validate the names (no request is sent until one is needed)."""
-        if not isinstance(subscription_id, str) or not is_guid(subscription_id):
-            msg = f"subscription_id {subscription_id!r} is not a GUID (`az account show --query id` prints it)."
-            raise ConfigurationError(msg, name="subscription_id")
-        if not isinstance(resource_group, str) or not _RESOURCE_GROUP.match(resource_group):
-            msg = f"resource_group {resource_group!r} is not a valid name (1-90 letters, digits, -_.())."
-            raise ConfigurationError(msg, name="resource_group")
-        if not isinstance(name, str) or not _WORKSPACE_NAME.match(name):
-            msg = f"workspace name {name!r} is invalid (3-33 letters, digits, - and _, not starting with -_)."
-            raise ConfigurationError(msg, name="workspace_name")
-        self.subscription_id = subscription_id
-        self.resource_group = resource_group
-        self.name = name
-        self._credential = credential
-        self._environ = environ
-        self._connection_verify = connection_verify
-        self._sleep = sleep
-        self._arm: ArmClient | None = None
-        self._details: dict[str, Any] | None = None
-
-    @classmethod
-    def from_config(
-        cls, path: str | Path | None = None, *, credential: TokenCredential | None = None, **options: Any
-    ) -> Workspace:
-        """Read the workspace from an Azure ML ``config.json``.
-
-        Args:
-            path: The file, or a folder to search; when omitted, ``.azureml/config.json`` or ``config.json``
-                in the current folder or any parent.
-            credential: As for the constructor.
-            **options: ``environ``, ``connection_verify``, ``sleep`` (as for the constructor).
-
-        Raises:
-            ConfigurationError: No file found, or it lacks ``subscription_id``, ``resource_group`` or
-                ``workspace_name``.
-        """
-        file = _find_config(Path(path) if path is not None else None)
-        try:
-            config = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigurationError(f"Cannot read the workspace config {file}: {exc}.", name="config") from None
-        if not isinstance(config, dict):
-            raise ConfigurationError(f"The workspace config {file} is not a JSON object.", name="config")
-        missing = [key for key in ("subscription_id", "resource_group", "workspace_name") if not config.get(key)]
-        if missing:
-            msg = (
-                f"The workspace config {file} lacks {', '.join(missing)}; download config.json from the "
-                "workspace's "
-                "page in the Azure portal."
-            )
-            raise ConfigurationError(msg, name="config")
-        return cls(
-            config["subscription_id"],
-            config["resource_group"],
-            config["workspace_name"],
-            credential=credential,
-            **options,
-        )
-
-    @classmethod
-    def from_job_environment(
-        cls,
-        *,
-        credential: TokenCredential | None = None,
-        environ: Mapping[str, str] | None = None,
-        **options: Any,
-    ) -> Workspace:
-        """The workspace of the Azure ML job this runs in (from ``AZUREML_ARM_*``).
-
-        Reads ``AZUREML_ARM_SUBSCRIPTION``, ``AZUREML_ARM_RESOURCEGROUP`` and ``AZUREML_ARM_WORKSPACE_NAME``.
-
-        The credential defaults to the job's identity (aml-identity's job credential).
-
-        Raises:
-            ConfigurationError: Not in a job: the variables are missing (the message names them).
-        """
-        env = JobEnvironment.from_environ(environ)
-        found = {
-            "AZUREML_ARM_SUBSCRIPTION": env.subscription_id,
-            "AZUREML_ARM_RESOURCEGROUP": env.resource_group,
-            "AZUREML_ARM_WORKSPACE_NAME": env.workspace_name,
-        }
-        missing = [name for name, value in found.items() if not value]
-        if missing:
-            msg = (
-                f"Not in an Azure ML job: {', '.join(missing)} not set. Outside a job use "
-                "Workspace.from_config() "
-                "or Workspace(subscription_id, resource_group, name)."
-            )
-            raise ConfigurationError(msg, name=missing[0])
-        return cls(
-            str(env.subscription_id),
-            str(env.resource_group),
-            str(env.workspace_name),
-            credential=credential or _job_credential(environ),
-            environ=environ,
-            **options,
-        )
-
-    @property
-    def id(self) -> str:
-        """The workspace's ARM id."""
-        return (
-            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}/providers/"
-            f"Microsoft.MachineLearningServices/workspaces/{self.name}"
-        )
-
-    @property
-    def arm(self) -> ArmClient:
-        """The ARM client (built on first use, with the default credential when none was given)."""
-        if self._arm is None:
-            self._arm = ArmClient(
-                self._credential or _default_credential(),
-                environ=self._environ,
-                connection_verify=self._connection_verify,
-                sleep=self._sleep,
-            )
-        return self._arm
-
-    def arm_client(self, credential: TokenCredential) -> ArmClient:
-        """An ARM client with another credential and this workspace's endpoint, TLS and sleep settings."""
-        return ArmClient(
-            credential, environ=self._environ, connection_verify=self._connection_verify, sleep=self._sleep
-        )
-
-    def get_details(self, *, refresh: bool = False) -> dict[str, Any]:
-        """The workspace's ARM body (GET, cached)."""
-        if self._details is None or refresh:
-            response = self.arm.call(
-                "GET",
-                self.id,
-                api_version=COMPUTE_API_VERSION,
-                what=f"reading workspace {self.name!r}",
-                ok=(200,),
-            )
-            self._details = dict(response.body)
-        return self._details
-
-    @property
-    def location(self) -> str:
-        """The workspace's region."""
-        return str(self.get_details()["location"])
-
-    @property
-    def container_registry(self) -> str | None:
-        """The ARM id of the workspace's container registry, if it has one yet."""
-        registry = (self.get_details().get("properties") or {}).get("containerRegistry")
-        return str(registry) if registry else None
-
-    @property
-    def clusters(self) -> ClusterCollection:
-        """The workspace's compute clusters."""
-        return ClusterCollection(self)
-
-    def __repr__(self) -> str:
-        """Show the workspace's coordinates."""
-        return f"Workspace({self.subscription_id!r}, {self.resource_group!r}, {self.name!r})"
-
-
-def _find_config(path: Path | None) -> Path:
-    if path is not None and path.is_file():
-        return path
-    start = (path or Path.cwd()).resolve()
-    searched = []
-    for folder in (start, *start.parents) if path is None else (start,):
-        for candidate in _CONFIG_FILES:
-            searched.append(str(folder / candidate))
-            if (folder / candidate).is_file():
-                return folder / candidate
-    shown = ", ".join(searched[:_SHOWN_PATHS]) + (" ..." if len(searched) > _SHOWN_PATHS else "")
-    msg = (
-        f"No workspace config.json found (looked for {shown}). "
-        "Download it from the workspace's page in the Azure portal, or pass --subscription, "
-        "--resource-group and "
-        "--workspace."
-    )
-    raise ConfigurationError(msg, name="config")
-
-
 class ClusterCollection:
     """The compute clusters of a workspace (``ws.clusters``)."""
 
@@ -375,7 +151,7 @@ class ClusterCollection:
         Raises:
             ClusterNotFoundError: It does not exist (the message says how to create it).
         """
-        response = self.workspace.arm.send("GET", self._path(name), api_version=COMPUTE_API_VERSION)
+        response = arm_of(self.workspace).send("GET", self._path(name), api_version=COMPUTE_API_VERSION)
         if response.status == 404:  # noqa: PLR2004 - HTTP status
             msg = (
                 f"Cluster {name!r} not found in workspace {self.workspace.name!r}: create it with "
@@ -383,12 +159,12 @@ class ClusterCollection:
             )
             raise ClusterNotFoundError(msg, status_code=404, error_code=response.error_code())
         if response.status != 200:  # noqa: PLR2004
-            raise self.workspace.arm.error(response, f"reading cluster {name!r}")
+            raise arm_of(self.workspace).error(response, f"reading cluster {name!r}")
         return Cluster(self.workspace, response.body)
 
     def list(self) -> list[Cluster]:
         """Every compute of the workspace that is an AmlCompute cluster."""
-        items = self.workspace.arm.list_all(
+        items = arm_of(self.workspace).list_all(
             f"{self.workspace.id}/computes", api_version=COMPUTE_API_VERSION, what="listing clusters"
         )
         return [
@@ -412,7 +188,7 @@ class ClusterCollection:
         return self._create(spec, preflight=preflight, stacklevel=3)
 
     def _create(self, spec: ClusterSpec, *, preflight: bool, stacklevel: int) -> Cluster:
-        existing = self.workspace.arm.send("GET", self._path(spec.name), api_version=COMPUTE_API_VERSION)
+        existing = arm_of(self.workspace).send("GET", self._path(spec.name), api_version=COMPUTE_API_VERSION)
         if existing.status == 200:  # noqa: PLR2004 - HTTP status
             msg = (
                 f"Cluster {spec.name!r} already exists in workspace {self.workspace.name!r}; a PUT would "
@@ -425,9 +201,9 @@ class ClusterCollection:
             warnings.warn(text, ProvisioningWarning, stacklevel=stacklevel)
         location = spec.location or self.workspace.location
         if preflight:
-            _preflight(self.workspace.arm, self.workspace.subscription_id, location, spec)
+            _preflight(arm_of(self.workspace), self.workspace.subscription_id, location, spec)
         body = spec.to_arm(location=location, subscription_id=self.workspace.subscription_id)
-        operation = self.workspace.arm.begin(
+        operation = arm_of(self.workspace).begin(
             "PUT",
             self._path(spec.name),
             api_version=COMPUTE_API_VERSION,
@@ -578,7 +354,7 @@ class Cluster:
                     f"{status.describe()}.{hint}"
                 )
                 raise ProvisioningTimeoutError(msg)
-            self.workspace.arm.sleep(POLL_INTERVAL_S)
+            arm_of(self.workspace).sleep(POLL_INTERVAL_S)
             waited += POLL_INTERVAL_S
 
     def _min_nodes(self) -> int:
@@ -586,7 +362,7 @@ class Cluster:
         return int(scale.get("minNodeCount") or 0)
 
     def _put(self, resource: dict[str, Any], what: str) -> Cluster:
-        operation = self.workspace.arm.begin(
+        operation = arm_of(self.workspace).begin(
             "PUT", self.id, api_version=COMPUTE_API_VERSION, what=what, body=_writable(resource)
         )
         final = operation.wait()
@@ -674,7 +450,7 @@ class Cluster:
             settings["nodeIdleTimeBeforeScaleDown"] = f"PT{idle_seconds_before_scaledown}S"
         elif scale.get("nodeIdleTimeBeforeScaleDown"):
             settings["nodeIdleTimeBeforeScaleDown"] = scale["nodeIdleTimeBeforeScaleDown"]
-        operation = self.workspace.arm.begin(
+        operation = arm_of(self.workspace).begin(
             "PATCH",
             self.id,
             api_version=COMPUTE_API_VERSION,
@@ -687,7 +463,7 @@ class Cluster:
 
     def delete(self) -> None:
         """Delete the cluster (and its nodes) and wait until it is gone."""
-        operation = self.workspace.arm.begin(
+        operation = arm_of(self.workspace).begin(
             "DELETE",
             self.id,
             api_version=COMPUTE_API_VERSION,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aml_identity.errors import ProvisioningError
+from aml_identity.provisioning.workspace import arm_of
 
 if TYPE_CHECKING:
     from aml_identity.provisioning.clusters import Cluster, ClusterStatus
@@ -170,7 +171,7 @@ def diagnose(cluster: Cluster) -> DiagnosisReport:
     unchecked: list[str] = []
     for scope in scopes:
         try:
-            locks = workspace.arm.list_all(
+            locks = arm_of(workspace).list_all(
                 f"{scope}/providers/Microsoft.Authorization/locks",
                 api_version=LOCKS_API_VERSION,
                 what=f"listing the locks of {scope}",

@@ -7,9 +7,10 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aml_identity._arm import ArmClient
 from aml_identity._environment import is_guid
 from aml_identity.errors import ConfigurationError
-from aml_identity.provisioning.arm import ArmClient
+from aml_identity.provisioning.workspace import arm_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -195,7 +196,7 @@ def grant_data_access(
                 "--system-assigned`)."
             )
             raise ConfigurationError(msg, name="principal")
-        arm = cluster.workspace.arm if credential is None else cluster.workspace.arm_client(credential)
+        arm = arm_of(cluster.workspace, credential)
         if registry is None and acr_pull:
             registry = cluster.workspace.container_registry
     else:

@@ -26,13 +26,10 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import secrets
 import select
 import socket
-import socketserver
 import struct
 import threading
 import time
@@ -40,13 +37,13 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from aml_identity._environment import is_guid
 from aml_identity.errors import AmlIdentityError, ConfigurationError, redact
+from aml_identity.testing._faults import Fault, FaultKind, FaultScript
+from aml_identity.testing._http import BackgroundServer, LoopbackHandler, LoopbackServer, RequestLog
 from aml_identity.testing._identities import DEFAULT_SUBSCRIPTION_ID, EmulatedIdentity
 from aml_identity.testing._jwt import DEFAULT_TENANT_ID
 from aml_identity.testing._mi_protocols import (
@@ -59,13 +56,14 @@ from aml_identity.testing._mi_protocols import (
     Reply,
     TokenSettings,
     answer,
-    error_code_for,
-    json_reply,
     method_not_allowed_reply,
     protocol_for_path,
     text_reply,
     throttled_reply,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "DEFAULT_SUBSCRIPTION_ID",
@@ -78,7 +76,7 @@ __all__ = [
     "EmulatedIdentity",
     "Fault",
     "IdentityEndpoint",
-    "RecordedRequest",
+    "RecordedTokenRequest",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -91,202 +89,17 @@ IMDS_REQUESTS_PER_SECOND = 20
 IMDS_MAX_CONCURRENT = 5
 # requests_per_second counts the requests admitted in the last second (a sliding window).
 _RATE_WINDOW_S = 1.0
-# The listen backlog. The herd benchmark opens 128+ connections at once; with the default of 5 the kernel
-# would drop SYNs and clients would stall in connect retries that no real endpoint causes.
-_LISTEN_BACKLOG = 1024
 # An idle keep-alive connection is closed after this long (clients reconnect transparently), so a client
 # that never closes its session cannot pin a server thread for the life of the process.
 _IDLE_CONNECTION_TIMEOUT_S = 60.0
-# serve_forever's shutdown poll: stop() returns within about this long (a fixture per test must be cheap).
-_SHUTDOWN_POLL_S = 0.05
-# stop() waits at most this long for each connection thread after shutting its socket down.
-_STOP_JOIN_TIMEOUT_S = 5.0
-# The body of Fault.malformed_json(): JSON cut off mid-object (no token-like text in it).
-_MALFORMED_JSON = b'{"token_type": "Bearer", "expires_in": '
 _MASK = "****"
 # Request headers and query parameters whose values are secrets: recorded and logged as "****".
 _SECRET_HEADERS = frozenset({"secret", "x-identity-header", "authorization"})
 _SECRET_PARAMS = frozenset({"secret"})
-_HTTP_STATUS_RANGE = range(100, 600)
-
-FaultKind = Literal["status", "text", "malformed_json", "missing_fields", "hang", "reset"]
-
-
-def _check_status(code: int) -> int:
-    if isinstance(code, bool) or not isinstance(code, int) or code not in _HTTP_STATUS_RANGE:
-        raise ConfigurationError(f"HTTP status {code!r} is not a status code (100-599).", name="code")
-    return int(code)  # a plain int, also for HTTPStatus members
-
-
-def _format_retry_after(value: float | str) -> str:
-    if isinstance(value, str):
-        if not value.strip():
-            raise ConfigurationError("retry_after is empty; pass seconds (2 or 0.5) or an HTTP date.")
-        return value.strip()
-    if value < 0:
-        raise ConfigurationError(f"retry_after={value!r} is negative; pass the seconds to wait (>= 0).")
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 @dataclass(frozen=True)
-class Fault:
-    """One scripted misbehaviour of the endpoint, applied to one token request (see :meth:`IdentityEndpoint.inject`).
-
-    Build faults with the class methods; the fields describe what the endpoint will do.
-
-    Attributes:
-        kind: What happens: ``status``/``text``/``malformed_json`` send a canned response, ``missing_fields``
-            sends a normal token response without some keys, ``hang`` holds the request, ``reset`` aborts
-            the TCP connection.
-        code: The HTTP status of a canned response.
-        body: The body of a canned response.
-        content_type: Its Content-Type.
-        retry_after: Its ``Retry-After`` header value, if any.
-        fields: The keys ``missing_fields`` removes.
-        seconds: How long ``hang`` holds the request (None: until :meth:`IdentityEndpoint.release_hangs`).
-    """
-
-    kind: FaultKind
-    code: int | None = None
-    body: bytes = b""
-    content_type: str | None = None
-    retry_after: str | None = None
-    fields: tuple[str, ...] = ()
-    seconds: float | None = None
-
-    @classmethod
-    def status(
-        cls,
-        code: int,
-        *,
-        body: Mapping[str, Any] | str | None = None,
-        retry_after: float | str | None = None,
-        content_type: str | None = None,
-    ) -> Fault:
-        """Answer with ``code`` and a JSON body (404, 410, 429 + ``Retry-After``, 500, 503...).
-
-        Args:
-            code: The HTTP status.
-            body: A JSON object, or a string sent verbatim. Default: an IMDS-style OAuth error,
-                ``{"error": "too_many_requests", "error_description": ...}`` for a 429 and so on.
-            retry_after: Seconds (or an HTTP date) for a ``Retry-After`` header; no header when None.
-            content_type: The Content-Type; ``application/json; charset=utf-8`` when None.
-
-        Returns:
-            The fault.
-
-        Raises:
-            ConfigurationError: ``code`` is not an HTTP status or ``retry_after`` is negative or empty.
-        """
-        code = _check_status(code)
-        if body is None:
-            try:
-                phrase = HTTPStatus(code).phrase
-            except ValueError:  # a status outside the registry, e.g. 599
-                phrase = "Error"
-            body = {"error": error_code_for(code), "error_description": f"{phrase} (injected fault)"}
-        encoded = body.encode() if isinstance(body, str) else json.dumps(dict(body)).encode()
-        return cls(
-            kind="status",
-            code=code,
-            body=encoded,
-            content_type=content_type or "application/json; charset=utf-8",
-            retry_after=None if retry_after is None else _format_retry_after(retry_after),
-        )
-
-    @classmethod
-    def text(cls, code: int, text: str) -> Fault:
-        """Answer with ``code`` and a ``text/plain`` body, as Azure ML does for an unknown ``clientid``.
-
-        Args:
-            code: The HTTP status.
-            text: The body.
-
-        Returns:
-            The fault.
-        """
-        return cls(
-            kind="text",
-            code=_check_status(code),
-            body=text.encode(),
-            content_type="text/plain; charset=utf-8",
-        )
-
-    @classmethod
-    def malformed_json(cls, code: int = 200) -> Fault:
-        """Answer with ``code``, ``Content-Type: application/json`` and a body that is not valid JSON.
-
-        Args:
-            code: The HTTP status (200 by default: a token response cut short).
-
-        Returns:
-            The fault.
-        """
-        return cls(
-            kind="malformed_json",
-            code=_check_status(code),
-            body=_MALFORMED_JSON,
-            content_type="application/json",
-        )
-
-    @classmethod
-    def missing_fields(cls, *fields: str) -> Fault:
-        """Answer with a normal 200 token response from which ``fields`` are removed.
-
-        Args:
-            *fields: Keys of the token response to drop (``"expires_on"``, ``"resource"``, ``"access_token"``...).
-
-        Returns:
-            The fault.
-
-        Raises:
-            ConfigurationError: No field was named.
-        """
-        if not fields:
-            raise ConfigurationError("missing_fields() needs at least one field name, e.g. 'expires_on'.")
-        return cls(kind="missing_fields", fields=tuple(fields))
-
-    @classmethod
-    def hang(cls, seconds: float | None = None) -> Fault:
-        """Accept the request and send nothing until released, then answer it normally.
-
-        The request is held until :meth:`IdentityEndpoint.release_hangs` (or ``seconds``, when given) and
-        then answered as if no fault applied, unless the client has hung up by then: a client with a read
-        timeout sees a timeout. A held request counts as in flight for ``max_concurrent``.
-
-        Args:
-            seconds: Hold at most this long; None holds until released (or the endpoint stops).
-
-        Returns:
-            The fault.
-
-        Raises:
-            ConfigurationError: ``seconds`` is negative.
-        """
-        if seconds is not None and seconds < 0:
-            raise ConfigurationError(f"hang(seconds={seconds!r}) is negative; pass None or seconds >= 0.")
-        return cls(kind="hang", seconds=seconds)
-
-    @classmethod
-    def reset(cls) -> Fault:
-        """Read the request, then abort the connection with a TCP RST (``SO_LINGER`` 0, then close).
-
-        Returns:
-            The fault.
-        """
-        return cls(kind="reset")
-
-    def reply(self) -> Reply:
-        """Return the canned response of a ``status``/``text``/``malformed_json`` fault."""
-        if self.code is None or self.content_type is None:
-            msg = f"a {self.kind!r} fault has no canned response"
-            raise AmlIdentityError(msg)
-        headers = (("Retry-After", self.retry_after),) if self.retry_after is not None else ()
-        return Reply(self.code, self.body, self.content_type, headers)
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
+class RecordedTokenRequest:
     """One token request as the endpoint saw and answered it. Secret headers are recorded as ``****``.
 
     Attributes:
@@ -321,7 +134,7 @@ def _positive(value: float, name: str) -> None:
         raise ConfigurationError(f"{name}={value!r} must be a positive number.", name=name)
 
 
-class IdentityEndpoint:
+class IdentityEndpoint(BackgroundServer):
     """A managed-identity token endpoint on ``127.0.0.1`` (Azure ML, IMDS and App Service protocols).
 
     A context manager: ``with IdentityEndpoint() as endpoint:`` starts it and stops it. Point clients at it
@@ -350,7 +163,7 @@ class IdentityEndpoint:
                 may be system-assigned.
             token_lifetime: Seconds each token lives (``exp - iat``).
             refresh_in: When set, token responses carry ``refresh_in`` (Azure ML and IMDS don't).
-            clock: Epoch seconds for ``iat``/``nbf``/``exp``/``expires_on`` and :attr:`RecordedRequest.at`.
+            clock: Epoch seconds for ``iat``/``nbf``/``exp``/``expires_on`` and :attr:`RecordedTokenRequest.at`.
             requests_per_second: Answer 429 beyond this many requests in any 1 s window (IMDS: 20).
             max_concurrent: Answer 429 beyond this many requests in flight (IMDS: 5).
             latency: Seconds the server waits before answering each admitted request (a real endpoint's
@@ -365,7 +178,8 @@ class IdentityEndpoint:
                 identities are system-assigned.
         """
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # the log grew, or hangs were released
+        self._log: RequestLog[RecordedTokenRequest] = RequestLog(self._lock)
+        self._changed = self._log.changed  # the log grew, or hangs were released
         self._identities: list[EmulatedIdentity] = []
         for identity in [EmulatedIdentity.user("uai-default")] if identities is None else identities:
             self._add(identity)
@@ -389,15 +203,11 @@ class IdentityEndpoint:
             raise ConfigurationError(f"tenant_id={tenant_id!r} is not a GUID.", name="tenant_id")
         self._tenant_id = tenant_id
         self._monotonic = monotonic
-        self._log: list[RecordedRequest] = []
-        self._faults: deque[Fault] = deque()
-        self._always: Fault | None = None
+        self._faults = FaultScript()
         self._in_flight = 0
         self._window: deque[float] = deque()
         self._hang_generation = 0
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # --- configuration ----------------------------------------------------------------------------------
 
@@ -505,7 +315,7 @@ class IdentityEndpoint:
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
-    def start(self) -> IdentityEndpoint:
+    def start(self) -> Self:
         """Start serving on a free port of ``127.0.0.1``.
 
         Returns:
@@ -514,47 +324,21 @@ class IdentityEndpoint:
         Raises:
             AmlIdentityError: It is already running.
         """
-        if self._server is not None:
+        if self.running:
             msg = f"{self!r} is already running; stop() it first."
             raise AmlIdentityError(msg)
         self._stopping.clear()
-        server = _Server(self)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": _SHUTDOWN_POLL_S},
-            name=f"aml-identity-endpoint:{server.server_port}",
-            daemon=True,
-        )
-        self._thread.start()
+        super().start()
         _LOGGER.debug("identity endpoint listening on %s", self.url)
         return self
 
-    def stop(self) -> None:
-        """Stop serving: release hung requests, close every connection and wait for the server's threads."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
+    def _make_server(self) -> _Server:
+        return _Server(self)
+
+    def _before_stop(self) -> None:
+        """Release hung requests before the connections close."""
         self._stopping.set()
         self.release_hangs()
-        server.shutdown()
-        server.server_close()
-        server.close_connections()
-        server.join_handlers(_STOP_JOIN_TIMEOUT_S)
-        if thread is not None:
-            thread.join(_STOP_JOIN_TIMEOUT_S)
-        self._server = self._thread = None
-        _LOGGER.debug("identity endpoint on port %s stopped", server.server_port)
-
-    def __enter__(self) -> IdentityEndpoint:
-        """Start the endpoint."""
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the endpoint."""
-        self.stop()
 
     @property
     def port(self) -> int:
@@ -619,18 +403,11 @@ class IdentityEndpoint:
 
         Requests refused by a rate limit consume none; :meth:`fail_always` takes precedence over the queue.
         """
-        for fault in faults:
-            if not isinstance(fault, Fault):
-                raise ConfigurationError(f"{fault!r} is not a Fault; build one with Fault.status(...) etc.")
-        with self._lock:
-            self._faults.extend(faults)
+        self._faults.inject(*faults)
 
     def fail_always(self, fault: Fault | None) -> None:
         """Answer every token request with ``fault`` (ahead of the :meth:`inject` queue) until called with None."""
-        if fault is not None and not isinstance(fault, Fault):
-            raise ConfigurationError(f"{fault!r} is not a Fault or None.")
-        with self._lock:
-            self._always = fault
+        self._faults.fail_always(fault)
 
     def release_hangs(self) -> None:
         """Let every request held by a ``hang`` fault go on (it is then answered normally)."""
@@ -641,23 +418,20 @@ class IdentityEndpoint:
     # --- the request log ---------------------------------------------------------------------------------
 
     @property
-    def requests(self) -> list[RecordedRequest]:
+    def requests(self) -> list[RecordedTokenRequest]:
         """A snapshot of the token requests received so far, oldest first."""
-        with self._lock:
-            return list(self._log)
+        return self._log.snapshot()
 
     @property
     def request_count(self) -> int:
         """How many token requests were received (including refused and faulted ones)."""
-        with self._lock:
-            return len(self._log)
+        return len(self._log)
 
     def reset_requests(self) -> None:
         """Forget the recorded requests."""
-        with self._lock:
-            self._log.clear()
+        self._log.clear()
 
-    def wait_for_requests(self, count: int, *, timeout: float = 10.0) -> list[RecordedRequest]:
+    def wait_for_requests(self, count: int, *, timeout: float = 10.0) -> list[RecordedTokenRequest]:
         """Block until at least ``count`` requests are recorded (held ``hang`` requests count).
 
         Args:
@@ -670,22 +444,10 @@ class IdentityEndpoint:
         Raises:
             TimeoutError: Fewer than ``count`` arrived in time.
         """
-        with self._changed:
-            if not self._changed.wait_for(lambda: len(self._log) >= count, timeout):
-                msg = f"{len(self._log)} of {count} token requests reached the identity endpoint in {timeout} s."
-                raise TimeoutError(msg)
-            return list(self._log)
+        return self._log.wait_for(count, timeout=timeout, what="token requests reached the identity endpoint")
 
-    def _record(self, request: RecordedRequest, *, replacing: RecordedRequest | None = None) -> None:
-        with self._changed:
-            if replacing is not None:
-                for index, old in enumerate(self._log):
-                    if old is replacing:
-                        self._log[index] = request
-                        break
-            else:
-                self._log.append(request)
-            self._changed.notify_all()
+    def _record(self, request: RecordedTokenRequest, *, replacing: RecordedTokenRequest | None = None) -> None:
+        self._log.append(request, replacing=replacing)
 
     # --- serving ------------------------------------------------------------------------------------------
 
@@ -707,12 +469,6 @@ class IdentityEndpoint:
                     self._window.append(now)
                 return None
         return throttled_reply(protocol, reason)
-
-    def _take_fault(self) -> Fault | None:
-        with self._lock:
-            if self._always is not None:
-                return self._always
-            return self._faults.popleft() if self._faults else None
 
     def _hold(self, seconds: float | None) -> None:
         with self._changed:
@@ -744,7 +500,7 @@ class IdentityEndpoint:
         for name, value in parse_qsl(split.query, keep_blank_values=True):
             params.setdefault(name, value)
         headers = {name.lower(): value for name, value in handler.headers.items()}
-        record = RecordedRequest(
+        record = RecordedTokenRequest(
             protocol=protocol,
             method=handler.command,
             path=split.path,
@@ -775,9 +531,9 @@ class IdentityEndpoint:
         protocol: Protocol,
         params: Mapping[str, str],
         headers: Mapping[str, str],
-        record: RecordedRequest,
+        record: RecordedTokenRequest,
     ) -> None:
-        fault = self._take_fault()
+        fault = self._faults.take()
         if fault is not None and fault.kind == "reset":
             self._record(replace(record, fault="reset"))
             _LOGGER.debug("identity endpoint: %s request reset (injected fault)", protocol)
@@ -796,26 +552,21 @@ class IdentityEndpoint:
             return
         if self._latency:
             self._stopping.wait(self._latency)
-        if fault is not None and fault.kind in ("status", "text", "malformed_json"):
+        if fault is not None and fault.canned:
             reply = fault.reply()
         else:
             reply = self._answer(protocol, handler.command, params, headers)
-            if fault is not None and reply.payload is not None:  # missing_fields, on a token response
-                payload = {k: v for k, v in reply.payload.items() if k not in fault.fields}
-                reply = replace(
-                    json_reply(reply.status, payload, content_type=reply.content_type),
-                    identity=reply.identity,
-                    user_token=reply.user_token,
-                )
+            if fault is not None:
+                reply = fault.apply(reply)
         self._finish(handler, replace(_answered(record, reply), fault=fault.kind if fault else None), reply)
 
     def _finish(
         self,
         handler: _Handler,
-        record: RecordedRequest,
+        record: RecordedTokenRequest,
         reply: Reply,
         *,
-        replacing: RecordedRequest | None = None,
+        replacing: RecordedTokenRequest | None = None,
     ) -> None:
         # Record first: a client that has its answer must find its request in the log.
         self._record(record, replacing=replacing)
@@ -832,17 +583,13 @@ class IdentityEndpoint:
         handler.send_reply(reply)
 
 
-def _answered(record: RecordedRequest, reply: Reply) -> RecordedRequest:
+def _answered(record: RecordedTokenRequest, reply: Reply) -> RecordedTokenRequest:
     return replace(record, status=reply.status, identity=reply.identity, user_token=reply.user_token)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """One connection: HTTP/1.1 keep-alive, every method routed to :meth:`IdentityEndpoint._serve`."""
+class _Handler(LoopbackHandler):
+    """One connection: every method routed to :meth:`IdentityEndpoint._serve`."""
 
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle's algorithm and the client's delayed ACKs each
-    # response on a kept-alive connection would wait ~40 ms.
-    disable_nagle_algorithm = True
     server_version = "aml-identity-emulator"
     timeout = _IDLE_CONNECTION_TIMEOUT_S
     server: _Server
@@ -850,17 +597,7 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.untrack(self.connection)
-
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self.server.endpoint._serve(self)  # noqa: SLF001 - the handler is the endpoint's own
 
     # Other methods reach the same code, which answers 405 on a token path (as IMDS's spec lists).
@@ -908,64 +645,10 @@ class _Handler(BaseHTTPRequestHandler):
         _LOGGER.debug("identity endpoint %s: %s", self.address_string(), redact(format % args, self.server.secret))
 
 
-class _Server(ThreadingHTTPServer):
-    """The HTTP server: a daemon thread per connection, every connection tracked so stop() can close it."""
-
-    daemon_threads = True
-    request_queue_size = _LISTEN_BACKLOG
+class _Server(LoopbackServer):
+    """The endpoint's HTTP server (plain HTTP on loopback, as the platforms' endpoints are)."""
 
     def __init__(self, endpoint: IdentityEndpoint) -> None:
         self.endpoint = endpoint
         self.secret = endpoint.secret
-        self._tracked_lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-        self._handler_threads: set[threading.Thread] = set()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host's FQDN (a reverse DNS lookup); a loopback server needs none.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = int(self.server_address[1])
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._process_and_forget, args=(request, client_address), name="aml-identity-endpoint-conn"
-        )
-        thread.daemon = True
-        with self._tracked_lock:
-            self._handler_threads.add(thread)
-        thread.start()
-
-    def _process_and_forget(self, request: Any, client_address: Any) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            with self._tracked_lock:
-                self._handler_threads.discard(threading.current_thread())
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002 - socketserver's signature
-        # Called from socketserver's except clause: a client that vanished is routine, not a traceback on stderr.
-        _LOGGER.debug("identity endpoint: connection from %s failed", client_address, exc_info=True)  # noqa: LOG014
-
-    def track(self, connection: socket.socket) -> None:
-        with self._tracked_lock:
-            self._connections.add(connection)
-
-    def untrack(self, connection: socket.socket) -> None:
-        with self._tracked_lock:
-            self._connections.discard(connection)
-
-    def close_connections(self) -> None:
-        """Shut every open connection down, which ends the threads waiting on keep-alive reads."""
-        with self._tracked_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by its client
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def join_handlers(self, timeout: float) -> None:
-        with self._tracked_lock:
-            threads = list(self._handler_threads)
-        for thread in threads:
-            thread.join(timeout)
+        super().__init__(_Handler, name="aml-identity-endpoint")

@@ -26,23 +26,19 @@ identity on the real clock.
 from __future__ import annotations
 
 import http.client
-import socket
-import socketserver
 import ssl
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler
-from types import TracebackType
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
 
+from aml_identity.testing._http import BackgroundServer, LoopbackHandler, LoopbackServer, RequestLog
 from aml_identity.testing._jwt import DEFAULT_TENANT_ID, mint_token
 from aml_identity.testing._tls import TlsMaterial
 
@@ -162,17 +158,12 @@ def _remint(claims: dict[str, Any]) -> str:
     )
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle's algorithm and the client's delayed ACKs each
-    # response would wait ~40 ms.
-    disable_nagle_algorithm = True
+class _Handler(LoopbackHandler):
     server: _Server
 
     def setup(self) -> None:
-        self.request.do_handshake()
-        super().setup()
         self._upstream: http.client.HTTPSConnection | None = None
+        super().setup()
 
     def finish(self) -> None:
         try:
@@ -180,9 +171,6 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if self._upstream is not None:
                 self._upstream.close()
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        """Stay quiet (the proxy records requests in ``requests`` instead)."""
 
     def _read_body(self) -> bytes | None:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -313,21 +301,13 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = do_OPTIONS = _handle  # noqa: N815 - stdlib names
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    proxy: StorageAuthProxy
-
-    def get_request(self) -> tuple[socket.socket, object]:
-        sock, address = self.socket.accept()
-        wrapped = self.proxy.server_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return wrapped, address
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """Connections reset by clients are normal in tests; do not print tracebacks for them."""
+class _Server(LoopbackServer):
+    def __init__(self, proxy: StorageAuthProxy, port: int) -> None:
+        self.proxy = proxy
+        super().__init__(_Handler, port=port, tls=proxy.server_context, name="storage-auth-proxy")
 
 
-class StorageAuthProxy:
+class StorageAuthProxy(BackgroundServer):
     """An HTTPS proxy in front of Azurite that enforces data-plane role assignments.
 
     Args:
@@ -364,10 +344,7 @@ class StorageAuthProxy:
         self.authorizer = authorizer
         self.clock = clock
         self._port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.requests: list[ProxiedRequest] = []
+        self._log: RequestLog[ProxiedRequest] = RequestLog()
 
     @property
     def port(self) -> int:
@@ -375,52 +352,28 @@ class StorageAuthProxy:
         if self._server is None:
             msg = "the proxy is not started"
             raise RuntimeError(msg)
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def blob_endpoint(self, account: str = "devstoreaccount1") -> str:
         """Return the path-style blob endpoint of ``account`` through the proxy."""
         return f"https://127.0.0.1:{self.port}/{account}"
 
+    @property
+    def requests(self) -> list[ProxiedRequest]:
+        """A snapshot of the requests seen so far, oldest first."""
+        return self._log.snapshot()
+
     def record(self, request: ProxiedRequest) -> None:
         """Remember a request (called by the handler threads)."""
-        with self._lock:
-            self.requests.append(request)
+        self._log.append(request)
 
     def statuses(self) -> Counter[int]:
         """Return how many responses of each status were sent."""
-        with self._lock:
-            return Counter(r.status for r in self.requests)
+        return Counter(r.status for r in self._log.snapshot())
 
     def clear(self) -> None:
         """Forget the recorded requests."""
-        with self._lock:
-            self.requests.clear()
+        self._log.clear()
 
-    def start(self) -> StorageAuthProxy:
-        """Start listening on 127.0.0.1 in a background thread."""
-        server = _Server(("127.0.0.1", self._port), _Handler, bind_and_activate=True)
-        server.proxy = self
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="storage-auth-proxy", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the proxy."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> StorageAuthProxy:
-        """Start the proxy."""
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the proxy."""
-        self.stop()
+    def _make_server(self) -> _Server:
+        return _Server(self, self._port)

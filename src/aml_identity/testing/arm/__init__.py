@@ -5,7 +5,7 @@ See :class:`ArmEmulator`.
 
 from __future__ import annotations
 
-from aml_identity.testing.arm._api import RecordedRequest
+from aml_identity.testing.arm._api import RecordedArmRequest
 from aml_identity.testing.arm._emulator import ArmEmulator, SpecViolationError
 from aml_identity.testing.arm._openapi import ArmSpecs, SpecError, SpecsNotFoundError, find_specs_dir
 from aml_identity.testing.arm._state import VmSize
@@ -13,7 +13,7 @@ from aml_identity.testing.arm._state import VmSize
 __all__ = [
     "ArmEmulator",
     "ArmSpecs",
-    "RecordedRequest",
+    "RecordedArmRequest",
     "SpecError",
     "SpecViolationError",
     "SpecsNotFoundError",

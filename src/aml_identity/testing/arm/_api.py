@@ -29,7 +29,7 @@ from aml_identity.testing.arm._state import (
 if TYPE_CHECKING:
     from aml_identity.testing.arm._openapi import ArmSpecs, SpecError
 
-__all__ = ["ARM_AUDIENCES", "ArmApi", "RecordedRequest"]
+__all__ = ["ARM_AUDIENCES", "ArmApi", "RecordedArmRequest"]
 
 # The audiences ARM accepts for a management token.
 ARM_AUDIENCES = frozenset(
@@ -66,7 +66,7 @@ _NAME = r"/(?P<name>[^/]+)"
 
 
 @dataclass(frozen=True)
-class RecordedRequest:
+class RecordedArmRequest:
     """A request the emulator answered.
 
     Attributes:
@@ -135,8 +135,8 @@ class ArmApi:
         self._advance = advance
         self._seconds_per_request = seconds_per_request
         self.page_size = page_size
-        self.requests: list[RecordedRequest] = []
-        self.rejected: list[tuple[RecordedRequest, list[SpecError]]] = []
+        self.requests: list[RecordedArmRequest] = []
+        self.rejected: list[tuple[RecordedArmRequest, list[SpecError]]] = []
         self.spec_violations: list[str] = []
         self._routes = self._build_routes()
 
@@ -217,7 +217,7 @@ class ArmApi:
         if route is not None and route.operation_id is not None:
             self._check_response(route.operation_id, response)
         self.requests.append(
-            RecordedRequest(
+            RecordedArmRequest(
                 request.method,
                 path,
                 dict(request.query),
@@ -229,7 +229,7 @@ class ArmApi:
         return response
 
     def _reject(self, request: Request, path: str, body: Any, route: _Route, errors: list[SpecError]) -> None:
-        recorded = RecordedRequest(request.method, path, dict(request.query), body, 400, route.operation_id)
+        recorded = RecordedArmRequest(request.method, path, dict(request.query), body, 400, route.operation_id)
         self.rejected.append((recorded, errors))
 
     @staticmethod

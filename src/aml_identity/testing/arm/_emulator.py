@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from azure.core.credentials import AccessToken
-from typing_extensions import Self
 
 from aml_identity._environment import is_guid
 from aml_identity.errors import AmlIdentityError, ConfigurationError
+from aml_identity.testing._http import BackgroundServer
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
-from aml_identity.testing.arm._api import ArmApi, RecordedRequest
-from aml_identity.testing.arm._http import HttpsServer
+from aml_identity.testing.arm._api import ArmApi, RecordedArmRequest
+from aml_identity.testing.arm._http import ArmServer
 from aml_identity.testing.arm._ids import (
     BUILTIN_ROLES,
     ArmId,
@@ -98,7 +98,7 @@ class _ManualClock:
 WorkspaceRef = str | tuple[str, str, str]
 
 
-class ArmEmulator:
+class ArmEmulator(BackgroundServer):
     """Azure Resource Manager on ``127.0.0.1`` over HTTPS, for the APIs aml-identity uses.
 
     Serves, at the API versions of the official specs it validates against:
@@ -207,7 +207,6 @@ class ArmEmulator:
         self._clock: Callable[[], float] = clock or _ManualClock()
         self._state = ArmState(self._clock, tenant_id=tenant_id or DEFAULT_TENANT_ID)
         self._port = port
-        self._server: HttpsServer | None = None
         self.sleeps: list[float] = []
         self._api = ArmApi(
             self._state,
@@ -233,18 +232,11 @@ class ArmEmulator:
         """Environment variables that point aml-identity (and requests) at the emulator."""
         return {"AML_IDENTITY_ARM_ENDPOINT": self.endpoint, **self.tls.environ()}
 
-    def start(self) -> Self:
-        """Start serving; returns ``self``."""
-        if self._server is None:
-            self._server = HttpsServer(self._api, self.tls.server_context(), self._port)
-            self._server.start()
-        return self
+    def _make_server(self) -> ArmServer:
+        return ArmServer(self._port, self.tls.server_context(), self._api)
 
-    def stop(self) -> None:
-        """Stop serving (the seeded state stays readable)."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+    def _after_stop(self) -> None:
+        """Remove the certificate folder made for this emulator (the seeded state stays readable)."""
         if self._own_workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -252,10 +244,6 @@ class ArmEmulator:
         """Raise :class:`SpecViolationError` if any response the emulator sent failed the spec."""
         if self._api.spec_violations:
             raise SpecViolationError("; ".join(self._api.spec_violations))
-
-    def __enter__(self) -> Self:
-        """Start the emulator."""
-        return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -302,12 +290,12 @@ class ArmEmulator:
     # --- what happened -------------------------------------------------------------------------------------
 
     @property
-    def requests(self) -> list[RecordedRequest]:
+    def requests(self) -> list[RecordedArmRequest]:
         """Every request answered, in order."""
         return list(self._api.requests)
 
     @property
-    def rejected_requests(self) -> list[tuple[RecordedRequest, list[SpecError]]]:
+    def rejected_requests(self) -> list[tuple[RecordedArmRequest, list[SpecError]]]:
         """Requests refused because their body did not match the spec, with the reasons."""
         return list(self._api.rejected)
 
@@ -316,7 +304,7 @@ class ArmEmulator:
         """Responses of the emulator's own that did not match the spec (should stay empty)."""
         return list(self._api.spec_violations)
 
-    def requests_for(self, operation_id: str) -> list[RecordedRequest]:
+    def requests_for(self, operation_id: str) -> list[RecordedArmRequest]:
         """The answered requests routed to ``operation_id`` (``Compute_CreateOrUpdate``...)."""
         return [r for r in self._api.requests if r.operation_id == operation_id]
 

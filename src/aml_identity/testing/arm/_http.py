@@ -1,4 +1,4 @@
-"""A small threaded HTTPS server on loopback that hands each request to a Python callable."""
+"""The ARM emulator's HTTPS server: hands each request to a Python callable (plumbing: ``testing/_http.py``)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,16 @@ import json
 import ssl
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from aml_identity.testing._http import LoopbackHandler, LoopbackServer
+
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Callable, Mapping
 
-__all__ = ["HttpsServer", "Request", "Response"]
+__all__ = ["ArmServer", "Request", "Response"]
 
-# A client that opens a connection and never completes the TLS handshake must not pin a worker forever.
-_HANDSHAKE_TIMEOUT_S = 10.0
-# How often the serving loop checks for shutdown: stop() returns within this (the stdlib default is 0.5 s).
-_SHUTDOWN_POLL_S = 0.02
 # Bodies the emulator accepts are small JSON documents; anything bigger is a client bug.
 _MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -70,24 +66,8 @@ class Response:
         return b"" if self.body is None else json.dumps(self.body).encode()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the Azure SDKs' connection pools expect
-    # Headers and body go out in separate writes; with Nagle's algorithm and the client's delayed ACKs each
-    # response would wait ~40 ms.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        self.request.settimeout(_HANDSHAKE_TIMEOUT_S)
-        try:
-            self.request.do_handshake()
-        except (OSError, ssl.SSLError):
-            self.close_connection = True
-        self.request.settimeout(None)
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-        """Stay quiet: the emulator records requests itself."""
+class _Handler(LoopbackHandler):
+    server: ArmServer
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -119,52 +99,18 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = do_HEAD = _serve  # noqa: N815 - stdlib names
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class ArmServer(LoopbackServer):
+    """The emulator's HTTPS server on loopback: each request goes to ``app``."""
 
     def __init__(self, port: int, context: ssl.SSLContext, app: Callable[[Request], Response]) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.context = context
+        """Bind ``127.0.0.1:port`` (a free port when 0) with TLS ``context``."""
+        super().__init__(_Handler, port=port, tls=context, name="aml-arm-emulator")
         self.app = app
         self._counter = 0
         self._counter_lock = threading.Lock()
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = self.socket.accept()
-        # The handshake runs in the worker thread (see _Handler.setup), not in the accept loop.
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
-
     def next_request_id(self) -> str:
+        """A fresh ``x-ms-request-id``."""
         with self._counter_lock:
             self._counter += 1
             return f"00000000-0000-4000-8000-{self._counter:012d}"
-
-
-class HttpsServer:
-    """Serve ``app`` over HTTPS on ``127.0.0.1`` from a background thread."""
-
-    def __init__(self, app: Callable[[Request], Response], context: ssl.SSLContext, port: int = 0) -> None:
-        """Bind the socket (port 0 picks a free one); call :meth:`start` to serve."""
-        self._server = _Server(port, context, app)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        """Serve from a daemon thread."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(_SHUTDOWN_POLL_S,), name="aml-arm-emulator", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
