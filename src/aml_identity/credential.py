@@ -33,6 +33,7 @@ from aml_identity.errors import ConfigurationError
 from aml_identity.identity import ManagedIdentity, default_identity
 
 if TYPE_CHECKING:
+    import requests
     from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 
     from aml_identity._fetch import Fetcher
@@ -153,30 +154,34 @@ class JobCredential:
         self,
         identity: ManagedIdentity,
         *,
-        env: JobEnvironment | None = None,
+        environ: Mapping[str, str] | None = None,
         cache: CacheMode = "node",
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] | None = None,
+        session: requests.Session | None = None,
     ) -> None:
         """Create a credential for an already resolved identity.
 
         Args:
             identity: The identity (from :func:`~aml_identity.default_identity`).
-            env: The environment it was resolved from; ``os.environ`` when omitted.
+            environ: The environment it was resolved from; ``os.environ`` when omitted.
             cache: ``"node"`` to share tokens with the node's other processes, ``"process"`` to keep them here.
             retry: How to retry the identity endpoint (default: Microsoft's guidance, 90 s budget).
             clock: Returns the current time in epoch seconds (tests inject one).
             sleep: Waits between retries (tests inject one).
+            session: The ``requests.Session`` to reach the identity endpoint with (mount an adapter on it to
+                swap the HTTP layer); by default one per process, without proxies, recreated after a fork.
         """
         self.identity = identity
         self.cache = cache
-        self._env = env or JobEnvironment.from_environ()
+        self._env = JobEnvironment.from_environ(environ)
         self._retry = retry or RetryPolicy(total_timeout=self._env.token_timeout or RetryPolicy().total_timeout)
         self._clock = clock or time.time
         self._sleep = sleep or time.sleep
         # Made on the first fetch: it imports msal and requests, which a node-cache hit never needs.
         self._fetcher: Fetcher | None = None
+        self._session = session
         self._store = _store_for(cache, self._env, self._clock, self._retry.total_timeout + NODE_LOCK_WAIT_MARGIN_S)
         self._memory = self._store.memory
         self._keys: dict[tuple[tuple[str, ...], str | None], tuple[str, str]] = {}
@@ -224,7 +229,8 @@ class JobCredential:
             # across a fork would outlive it in the child).
             from aml_identity._fetch import make_fetcher  # noqa: PLC0415 - msal and requests, on the first fetch
 
-            fetcher = make_fetcher(self.identity, self._env, policy=self._retry, clock=self._clock, sleep=self._sleep)
+            fetcher = make_fetcher(self.identity, self._env, policy=self._retry, clock=self._clock, sleep=self._sleep,
+                                   session=self._session)  # fmt: skip
             self._fetcher = fetcher
         return fetcher.fetch(resource, claims=claims)
 
@@ -315,6 +321,7 @@ def default_credential(
     retry: RetryPolicy | None = None,
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], None] | None = None,
+    session: requests.Session | None = None,
 ) -> JobCredential:
     """Return the credential of the compute's default managed identity (or the one named).
 
@@ -329,6 +336,9 @@ def default_credential(
         retry: How to retry the identity endpoint; ``AML_IDENTITY_TOKEN_TIMEOUT`` sets the total budget.
         clock: Returns the current time (tests inject one).
         sleep: Waits between retries (tests inject one).
+        session: The ``requests.Session`` for the identity endpoint, to swap the HTTP layer (an adapter, a
+            proxy-free session of your own); one per process by default. A pickled credential uses the
+            default in the receiving process.
 
     Returns:
         The credential; pass it to any Azure SDK client.
@@ -340,7 +350,7 @@ def default_credential(
     env = JobEnvironment.from_environ(environ)
     identity = default_identity(client_id=client_id, object_id=object_id, resource_id=resource_id, environ=env)
     _log.info("Using managed identity %s (selected by %s).", identity.describe(), identity.selected_by)
-    return JobCredential(identity, env=env, cache=cache, retry=retry, clock=clock, sleep=sleep)
+    return JobCredential(identity, environ=environ, cache=cache, retry=retry, clock=clock, sleep=sleep, session=session)
 
 
 _shared_lock = threading.Lock()

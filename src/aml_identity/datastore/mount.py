@@ -42,6 +42,8 @@ from aml_identity.errors import ConfigurationError, DatastoreError
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
+    from aml_identity.datastore._token_relay import TokenRelay
+
 __all__ = ["MOUNT_READY_TIMEOUT_S", "UNMOUNT_TIMEOUT_S", "Mount", "mount"]
 
 _log = logging.getLogger("aml_identity.mount")
@@ -218,12 +220,27 @@ def _identity_arguments(credential: TokenCredential | None) -> list[str]:
             if value:
                 arguments += [option, value]
         return arguments
+    if callable(getattr(credential, "get_token", None)):
+        return []  # any other TokenCredential: the mount process takes its tokens from a relay (see mount())
     raise ConfigurationError(
-        f"mount() got credential={type(credential).__name__}: the mount runs in its own process, which gets its own "
-        "tokens for the job's managed identity, so the credential cannot be handed over. Pass credential=None (the "
-        "default identity) or aml_identity.default_credential(client_id=...) to mount with a user-assigned identity.",
+        f"mount() got credential={type(credential).__name__}, which is not a TokenCredential (it has no "
+        "get_token). Pass None (the job's default identity), aml_identity.default_credential(client_id=...), or "
+        "any azure-core TokenCredential.",
         name="credential",
     )
+
+
+def _token_relay(credential: TokenCredential | None, env: dict[str, str]) -> TokenRelay | None:
+    """Serve a credential that is not a job credential to the mount process (which then uses it alone)."""
+    from aml_identity.credential import JobCredential  # noqa: PLC0415 - only to inspect the argument
+
+    if credential is None or isinstance(credential, JobCredential):
+        return None
+    from aml_identity.datastore._token_relay import TokenRelay  # noqa: PLC0415
+
+    relay = TokenRelay(credential)
+    relay.point(env)
+    return relay
 
 
 def _prepare_mount_point(mount_point: str | os.PathLike[str] | None) -> tuple[str, bool]:
@@ -314,8 +331,10 @@ def mount(
             staging files. Without it blocks are cached in memory only.
         cache_size: The disk cache's limit: bytes, or a string such as ``"20GiB"``. Without ``cache_dir`` a
             temporary cache folder is used. The cache also always leaves 1 GiB of its disk free.
-        credential: ``None`` for the job's default identity, or a :class:`~aml_identity.JobCredential` (from
-            ``default_credential(client_id=...)``) to use another of the compute's identities.
+        credential: ``None`` for the job's default identity; a :class:`~aml_identity.JobCredential` (from
+            ``default_credential(client_id=...)``) to use another of the compute's identities; or any other
+            ``TokenCredential``, whose tokens the mount process then gets from this process (over a loopback
+            endpoint only it can use).
         attr_timeout: Seconds listings and file attributes are trusted before storage is asked again (default
             :data:`~aml_identity.datastore._fuse_fs.ATTR_CACHE_TTL_S`, 60 s).
         environ: The environment of the mount process (``os.environ`` when omitted).
@@ -340,6 +359,7 @@ def mount(
     command = [sys.executable, "-m", "aml_identity", "mount", text, path, "--exit-with-stdin", *options]
     env = dict(os.environ if environ is None else environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
+    relay = _token_relay(credential, env)
     try:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             command,
@@ -350,9 +370,13 @@ def mount(
             start_new_session=True,  # the terminal's Ctrl-C reaches the job, which then unmounts in order
         )
     except OSError:
+        if relay is not None:
+            relay.stop()
         if made_path:
             os.rmdir(path)
         raise
+    if relay is not None:
+        relay.stop_with(process)
     state = _State(process, path, made_path, deque(maxlen=_STDERR_TAIL_LINES))
     assert process.stderr is not None  # noqa: S101 - we asked for a pipe
     state.pumps.append(_Pump(process.stderr, state.tail))

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from aml_identity.testing.arm._api import RecordedArmRequest
 from aml_identity.testing.arm._emulator import ArmEmulator, SpecViolationError
-from aml_identity.testing.arm._openapi import ArmSpecs, SpecError, SpecsNotFoundError, find_specs_dir
+from aml_identity.testing.arm._openapi import ArmSpecs, SpecFinding, SpecsNotFoundError, find_specs_dir
 from aml_identity.testing.arm._state import VmSize
 
 __all__ = [
     "ArmEmulator",
     "ArmSpecs",
     "RecordedArmRequest",
-    "SpecError",
+    "SpecFinding",
     "SpecViolationError",
     "SpecsNotFoundError",
     "VmSize",

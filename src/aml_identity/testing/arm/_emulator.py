@@ -27,7 +27,7 @@ from aml_identity.testing.arm._ids import (
     user_assigned_identity_id,
     workspace_id,
 )
-from aml_identity.testing.arm._openapi import ArmSpecs, SpecError
+from aml_identity.testing.arm._openapi import ArmSpecs, SpecFinding
 from aml_identity.testing.arm._state import ArmState, Quota, VmSize, iso
 
 if TYPE_CHECKING:
@@ -295,7 +295,7 @@ class ArmEmulator(BackgroundServer):
         return list(self._api.requests)
 
     @property
-    def rejected_requests(self) -> list[tuple[RecordedArmRequest, list[SpecError]]]:
+    def rejected_requests(self) -> list[tuple[RecordedArmRequest, list[SpecFinding]]]:
         """Requests refused because their body did not match the spec, with the reasons."""
         return list(self._api.rejected)
 
