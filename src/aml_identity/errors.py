@@ -9,6 +9,9 @@ aml-identity drops into existing code without changing its ``except`` clauses:
   be used here, so a credential chain moves on to its next credential.
 * :class:`TokenRequestError` is an ``azure.core.exceptions.ClientAuthenticationError``: the identity
   endpoint was asked and failed, so a chain stops.
+* :class:`ComputeTargetException` is what the SDK v1 shim (``aml_identity.provisioning.v1``) raises, as
+  ``azureml-core`` did; its validation errors are :class:`ComputeTargetConfigurationError`, also a
+  :class:`ConfigurationError`.
 * :class:`DataAccessDeniedError` and :class:`ProvisioningError` are
   ``azure.core.exceptions.HttpResponseError`` subclasses, like the errors of the storage and management
   SDKs they replace; :class:`ClusterNotFoundError` is also a ``ResourceNotFoundError``.
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AmlIdentityError",
     "ClusterNotFoundError",
+    "ComputeTargetConfigurationError",
+    "ComputeTargetException",
     "ConfigurationError",
     "DataAccessDeniedError",
     "DatastoreError",
@@ -164,6 +169,44 @@ class DatastoreError(AmlIdentityError):
 
 class TransferError(DatastoreError):
     """A transfer failed or a downloaded file did not verify (size or checksum)."""
+
+
+class ComputeTargetException(AmlIdentityError):  # noqa: N818 - SDK v1's name, kept so v1 scripts' except clauses work
+    """An SDK v1 compute call failed (``aml_identity.provisioning.v1``, in place of ``azureml-core``'s).
+
+    The message is the one aml-identity gives for the same failure (what was tried, ARM's answer, the fix);
+    the aml-identity error behind it, when there is one, is its ``__cause__``.
+
+    Attributes:
+        status_code: The HTTP status, when ARM answered.
+        error_code: ARM's error code (``ResourceNotFound``, ``QuotaExceeded``...), when given.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, error_code: str | None = None) -> None:
+        """Create the error.
+
+        Args:
+            message: What was tried, what went wrong and what to do.
+            status_code: The HTTP status.
+            error_code: ARM's error code.
+        """
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_code = error_code
+
+
+class ComputeTargetConfigurationError(ComputeTargetException, ConfigurationError):
+    """An SDK v1 compute setting is invalid or no longer supported; the message names it and the alternative."""
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        """Create the error.
+
+        Args:
+            message: What is wrong and how to fix it.
+            name: The keyword at fault.
+        """
+        ComputeTargetException.__init__(self, message)
+        self.name = name
 
 
 # The classes whose bases live in azure-core / azure-identity, defined in aml_identity._azure_errors.

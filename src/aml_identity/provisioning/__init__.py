@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from aml_identity.provisioning.spec import (
         ClusterSpec,
         Drift,
+        ProvisioningConfiguration,
         ProvisioningWarning,
         SystemAssigned,
         UserAssigned,
@@ -45,6 +46,7 @@ __all__ = [
     "ClusterStatus",
     "DiagnosisReport",
     "Drift",
+    "ProvisioningConfiguration",
     "ProvisioningWarning",
     "RoleGrant",
     "SystemAssigned",
@@ -67,6 +69,7 @@ __getattr__, __dir__ = exports(
         "ClusterStatus": _CLUSTERS,
         "DiagnosisReport": "aml_identity.provisioning.diagnose",
         "Drift": _SPEC,
+        "ProvisioningConfiguration": _SPEC,
         "ProvisioningWarning": _SPEC,
         "RoleGrant": "aml_identity.provisioning.roles",
         "SystemAssigned": _SPEC,

@@ -29,7 +29,7 @@ from aml_identity.testing.arm._state import (
 if TYPE_CHECKING:
     from aml_identity.testing.arm._openapi import ArmSpecs, SpecFinding
 
-__all__ = ["ARM_AUDIENCES", "ArmApi", "RecordedArmRequest"]
+__all__ = ["API_VERSIONS", "ARM_AUDIENCES", "SPEC_API_VERSIONS", "ArmApi", "RecordedArmRequest"]
 
 # The audiences ARM accepts for a management token.
 ARM_AUDIENCES = frozenset(
@@ -49,12 +49,31 @@ _COMPUTE_TYPES = (
     "AKS", "Kubernetes", "AmlCompute", "ComputeInstance", "DataFactory", "VirtualMachine", "HDInsight",
     "Databricks", "DataLakeAnalytics", "SynapseSpark",
 )  # fmt: skip
-_API = {
+# The api-version of the official spec each resource type is validated against.
+SPEC_API_VERSIONS: Mapping[str, str] = {
     "ml": "2025-12-01",
     "authorization": "2022-04-01",
     "locks": "2020-05-01",
     "msi": "2026-05-31",
 }
+# Every api-version each resource type answers at, newest first. Real ARM serves every published version of a
+# resource type; the emulator serves its spec's, and for Microsoft.MachineLearningServices also those the
+# current official SDKs send, with bodies of the same shape (validated against the spec's):
+#   azure-mgmt-machinelearningservices 1.0.1: 2020-08-01, its only version and its client's default;
+#   azure-ai-ml 1.35.2: 2023-08-01-preview for computes (and the workspace GET that finds their location),
+#   and the versions its other MLClient service clients are pinned to.
+# tests/testing/arm/test_sdk_api_versions.py reads these from the installed packages and checks the list.
+API_VERSIONS: Mapping[str, tuple[str, ...]] = {
+    "ml": (
+        "2025-12-01", "2025-01-01-preview", "2024-10-01-preview", "2024-04-01-preview", "2024-01-01-preview",
+        "2023-10-01", "2023-08-01-preview", "2023-06-01-preview", "2023-04-01-preview", "2023-04-01",
+        "2023-02-01-preview", "2022-10-01-preview", "2022-10-01", "2022-05-01", "2022-02-01-preview",
+        "2020-08-01",
+    ),
+    "authorization": ("2022-04-01",),
+    "locks": ("2020-05-01",),
+    "msi": ("2026-05-31",),
+}  # fmt: skip
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _WS = _SUB + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)"
@@ -274,20 +293,19 @@ class ArmApi(AuthorizationHandlers):
         if route.api is None:
             return
         version = request.param("api-version")
-        wanted = _API[route.api]
         if not version:
             raise ArmError(
                 400,
                 "MissingApiVersionParameter",
-                "The api-version query parameter (?api-version=) is required.",
+                "The api-version query parameter (?api-version=) is required for all requests.",
             )
-        if version != wanted:
+        supported = API_VERSIONS[route.api]
+        if version.lower() not in supported:
+            # ARM's own answer, word for word: the versions it lists are the ones to use.
             raise ArmError(
                 400,
                 "InvalidApiVersionParameter",
-                f"The api-version '{version}' is not modelled by the aml-identity ARM emulator for this "
-                f"resource type; it serves '{wanted}', the version of the official spec it validates "
-                "against.",
+                f"The api-version '{version}' is invalid. The supported versions are '{','.join(supported)}'.",
             )
 
     def _authenticate(self, request: Request) -> None:
@@ -324,17 +342,21 @@ class ArmApi(AuthorizationHandlers):
     def _unauthorized(self, code: str, message: str) -> None:
         raise _UnauthorizedError(code, message, self.state.tenant_id)
 
-    def _async_headers(self, op_id: str, subscription: str, location: str, *, with_location: bool) -> dict[str, str]:
+    def _async_headers(
+        self, request: Request, op_id: str, subscription: str, location: str, *, with_location: bool
+    ) -> dict[str, str]:
+        # The status URLs carry the api-version the client used, as ARM's do.
+        version = request.param("api-version") or SPEC_API_VERSIONS["ml"]
         base = (
             f"{self._endpoint()}/subscriptions/{subscription}/providers/Microsoft.MachineLearningServices/"
             f"locations/{location}"
         )
         headers = {
-            "Azure-AsyncOperation": f"{base}/computeOperationsStatus/{op_id}?api-version={_API['ml']}",
+            "Azure-AsyncOperation": f"{base}/computeOperationsStatus/{op_id}?api-version={version}",
             "Retry-After": _retry_after_text(self.retry_after),
         }
         if with_location:
-            headers["Location"] = f"{base}/computeOperationsResults/{op_id}?api-version={_API['ml']}"
+            headers["Location"] = f"{base}/computeOperationsResults/{op_id}?api-version={version}"
         return headers
 
     # --- workspaces, computes -----------------------------------------------------------------------------
@@ -411,7 +433,7 @@ class ArmApi(AuthorizationHandlers):
         else:
             op = self.state.begin(compute, "Updating", UPDATE_SECONDS, "update")
             status = 200
-        headers = self._async_headers(op.id, op.subscription, op.location, with_location=False)
+        headers = self._async_headers(request, op.id, op.subscription, op.location, with_location=False)
         return Response(status, self.state.compute_body(compute), headers)
 
     def _patch_compute(self, request: Request, p: Mapping[str, str]) -> Response:
@@ -434,7 +456,7 @@ class ArmApi(AuthorizationHandlers):
             return Response(200, self.state.compute_body(compute))
         compute.props["scaleSettings"] = merged
         op = self.state.begin(compute, "Updating", UPDATE_SECONDS, "scale")
-        headers = self._async_headers(op.id, op.subscription, op.location, with_location=False)
+        headers = self._async_headers(request, op.id, op.subscription, op.location, with_location=False)
         return Response(200, self.state.compute_body(compute), headers)
 
     def _delete_compute(self, request: Request, p: Mapping[str, str]) -> Response:
@@ -459,7 +481,9 @@ class ArmApi(AuthorizationHandlers):
         if compute.busy_until is not None:
             raise _busy(compute)
         op = self.state.begin(compute, "Deleting", DELETE_SECONDS, "delete")
-        return Response(202, None, self._async_headers(op.id, op.subscription, op.location, with_location=True))
+        return Response(
+            202, None, self._async_headers(request, op.id, op.subscription, op.location, with_location=True)
+        )
 
     def _operation(self, p: Mapping[str, str]) -> Any:
         self.state.evolve_all()
