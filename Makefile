@@ -6,14 +6,14 @@ PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: setup demo test lint typecheck pytest bench examples clean
+.PHONY: setup demo test lint typecheck pytest bench examples docs docs-build troubleshooting clean
 
 setup: $(STAMP_PY) $(STAMP_NODE)
 
 $(STAMP_PY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet -e . --group dev
+	$(PY) -m pip install --quiet -e . --group dev --group docs
 	touch $@
 
 $(STAMP_NODE): package.json package-lock.json
@@ -26,8 +26,20 @@ $(STAMP_NODE): package.json package-lock.json
 demo: setup
 	$(VENV)/bin/aml-identity sandbox --arm --datastore training_data=examples/data --datastore outputs -- $(PY) examples/data_job.py
 
-# Everything CI checks: lint, types, then the test suite (which also runs the examples).
-test: lint typecheck pytest
+# Everything CI checks: lint, types, the documentation site, then the test suite (which also runs the examples
+# and every sample of the documentation).
+test: lint typecheck docs-build pytest
+
+# The documentation site: `make docs` serves it on http://127.0.0.1:8000; docs-build fails on any warning.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+docs-build: $(STAMP_PY)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(VENV)/site
+
+# docs/troubleshooting.md is generated from src/aml_identity/errors.py (tests/test_troubleshooting.py checks it).
+troubleshooting: $(STAMP_PY)
+	$(PY) tests/test_troubleshooting.py
 
 lint: $(STAMP_PY)
 	$(VENV)/bin/ruff check src tests bench examples

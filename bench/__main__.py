@@ -1,11 +1,11 @@
-"""``python -m bench NAME [options]``: run one benchmark (``tokens``, ``transfer``) or ``all``."""
+"""``python -m bench NAME [options]``: run one benchmark (tokens, transfer, mount, imports) or ``all``."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("tokens", "transfer", "mount")
+BENCHMARKS = ("tokens", "transfer", "mount", "imports")
 
 
 def main(argv: list[str]) -> int:

@@ -9,9 +9,6 @@ import sys
 import time
 from typing import Any
 
-from aml_identity._claims import identity_claims
-from aml_identity.credential import default_credential
-
 __all__ = ["register"]
 
 # whoami asks for an Azure Resource Manager token by default: every identity can get one, roles or not.
@@ -47,6 +44,9 @@ def _iso(epoch: int) -> str:
 
 
 def _whoami(args: argparse.Namespace) -> int:
+    from aml_identity._claims import identity_claims  # noqa: PLC0415 - PyJWT, only for whoami
+    from aml_identity.credential import default_credential  # noqa: PLC0415 - keep `--help` light
+
     credential = default_credential(client_id=args.client_id)
     info = credential.get_token_info(args.resource)
     identity = credential.identity
@@ -82,6 +82,8 @@ def _whoami(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
+    from aml_identity.credential import default_credential  # noqa: PLC0415 - keep `--help` light
+
     credential = default_credential(client_id=args.client_id)
     info = credential.get_token_info(args.resource)
     if args.json:

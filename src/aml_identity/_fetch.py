@@ -369,6 +369,7 @@ class MsalFetcher(Fetcher):
         clock: Callable[[], float],
         sleep: Callable[[float], None],
         rng: random.Random | None = None,
+        session: requests.Session | None = None,
     ) -> None:
         """Create the fetcher.
 
@@ -379,7 +380,9 @@ class MsalFetcher(Fetcher):
             clock: Returns the current time.
             sleep: Waits.
             rng: The random source for backoff jitter.
+            session: The HTTP session to send with; the process's own (see ``_Session``) when None.
         """
+        self._session = session
         self.identity = identity
         self.env = env
         self.policy = policy
@@ -398,8 +401,8 @@ class MsalFetcher(Fetcher):
             self._mi = msal.SystemAssignedManagedIdentity()
 
     def session(self) -> requests.Session:
-        """The process's session for the identity endpoint."""
-        return _SESSION.get(self.env.ca_bundle)
+        """The injected session, else the process's session for the identity endpoint."""
+        return self._session if self._session is not None else _SESSION.get(self.env.ca_bundle)
 
     def unavailable_if_silent(self, exc: Exception) -> bool:
         """Whether a first-attempt failure means "no managed identity here" rather than "retry".
@@ -523,8 +526,9 @@ def make_fetcher(
     policy: RetryPolicy,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
+    session: requests.Session | None = None,
 ) -> Fetcher:
-    """Return the fetcher for ``identity``'s source."""
+    """Return the fetcher for ``identity``'s source (``session``: the HTTP session, for the msal sources)."""
     if identity.source == "workload_identity":
         return WorkloadIdentityFetcher(identity, env, clock=clock)
-    return MsalFetcher(identity, env, policy=policy, clock=clock, sleep=sleep)
+    return MsalFetcher(identity, env, policy=policy, clock=clock, sleep=sleep, session=session)

@@ -14,7 +14,6 @@ spellings, and — for tests — an injected clock, sleep and random source (azu
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -138,6 +137,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # noqa: PLC0415 - rare (an HTTP-date Retry-After); email costs ~10 ms to import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

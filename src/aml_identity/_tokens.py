@@ -26,12 +26,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import filelock
-from azure.core.credentials import AccessToken, AccessTokenInfo
+from typing import TYPE_CHECKING
 
 from aml_identity._private import UnsafeCacheError, check_owned_private, ensure_private_dir
 from aml_identity.errors import AmlIdentityError
+
+if TYPE_CHECKING:
+    import filelock
+    from azure.core.credentials import AccessToken, AccessTokenInfo
 
 __all__ = [
     "ADVISORY_RETRY_DELAY_S",
@@ -82,25 +84,6 @@ class TokenState(enum.Enum):
     EXPIRED = "expired"
 
 
-class _MaskedAccessToken(AccessToken):
-    """An ``AccessToken`` whose ``repr`` does not show the token."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"AccessToken(token='****', expires_on={self.expires_on})"
-
-
-class _MaskedAccessTokenInfo(AccessTokenInfo):
-    """An ``AccessTokenInfo`` whose ``repr`` does not show the token."""
-
-    def __repr__(self) -> str:
-        return (
-            f"AccessTokenInfo(token='****', expires_on={self.expires_on}, token_type='{self.token_type}', "
-            f"refresh_on={self.refresh_on})"
-        )
-
-
 @dataclass(frozen=True)
 class CachedToken:
     """One token and its refresh schedule, in epoch seconds.
@@ -127,11 +110,14 @@ class CachedToken:
 
     def __post_init__(self) -> None:
         """Prebuild the azure-core objects so the cache hit path allocates nothing."""
-        object.__setattr__(self, "access_token", _MaskedAccessToken(self.token, self.expires_on))
+        # azure-core is imported with the first token, not with aml_identity (its package imports the pipeline).
+        from aml_identity._access_token import MaskedAccessToken, MaskedAccessTokenInfo  # noqa: PLC0415
+
+        object.__setattr__(self, "access_token", MaskedAccessToken(self.token, self.expires_on))
         object.__setattr__(
             self,
             "info",
-            _MaskedAccessTokenInfo(self.token, self.expires_on, token_type=self.token_type, refresh_on=self.refresh_on),
+            MaskedAccessTokenInfo(self.token, self.expires_on, token_type=self.token_type, refresh_on=self.refresh_on),
         )
 
     def state(self, now: float) -> TokenState:
@@ -321,6 +307,8 @@ class NodeCache:
             blocking: Wait for it (mandatory refresh) or give up at once (advisory refresh).
             timeout: The longest wait when blocking.
         """
+        import filelock  # noqa: PLC0415 - ~10 ms to import; a node-cache hit never takes the lock
+
         lock = self._file_locks.get(name)
         if lock is None:
             lock = filelock.FileLock(self.directory / f"{name}.lock", mode=0o600, thread_local=False)

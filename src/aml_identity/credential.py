@@ -15,12 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Literal
-
-from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
+from typing import TYPE_CHECKING, Any, Literal
 
 from aml_identity._environment import JobEnvironment
-from aml_identity._fetch import Fetcher, make_fetcher
 from aml_identity._fork import after_fork_in_child
 from aml_identity._retry import RetryPolicy
 from aml_identity._tokens import (
@@ -34,6 +31,12 @@ from aml_identity._tokens import (
 )
 from aml_identity.errors import ConfigurationError
 from aml_identity.identity import ManagedIdentity, default_identity
+
+if TYPE_CHECKING:
+    import requests
+    from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
+
+    from aml_identity._fetch import Fetcher
 
 __all__ = ["CacheMode", "JobCredential", "default_credential", "get_token", "scope_to_resource"]
 
@@ -149,30 +152,34 @@ class JobCredential:
         self,
         identity: ManagedIdentity,
         *,
-        env: JobEnvironment | None = None,
+        environ: Mapping[str, str] | None = None,
         cache: CacheMode = "node",
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] | None = None,
+        session: requests.Session | None = None,
     ) -> None:
         """Create a credential for an already resolved identity.
 
         Args:
             identity: The identity (from :func:`~aml_identity.default_identity`).
-            env: The environment it was resolved from; ``os.environ`` when omitted.
+            environ: The environment it was resolved from; ``os.environ`` when omitted.
             cache: ``"node"`` to share tokens with the node's other processes, ``"process"`` to keep them here.
             retry: How to retry the identity endpoint (default: Microsoft's guidance, 90 s budget).
             clock: Returns the current time in epoch seconds (tests inject one).
             sleep: Waits between retries (tests inject one).
+            session: The ``requests.Session`` to reach the identity endpoint with (mount an adapter on it to
+                swap the HTTP layer); by default one per process, without proxies, recreated after a fork.
         """
         self.identity = identity
         self.cache = cache
-        self._env = env or JobEnvironment.from_environ()
+        self._env = JobEnvironment.from_environ(environ)
         self._retry = retry or RetryPolicy(total_timeout=self._env.token_timeout or RetryPolicy().total_timeout)
         self._clock = clock or time.time
         self._sleep = sleep or time.sleep
-        self._fetcher: Fetcher = make_fetcher(identity, self._env, policy=self._retry, clock=self._clock,
-                                              sleep=self._sleep)  # fmt: skip
+        # Made on the first fetch: it imports msal and requests, which a node-cache hit never needs.
+        self._fetcher: Fetcher | None = None
+        self._session = session
         self._store = _store_for(cache, self._env, self._clock, self._retry.total_timeout + NODE_LOCK_WAIT_MARGIN_S)
         self._memory = self._store.memory
         self._keys: dict[tuple[tuple[str, ...], str | None], tuple[str, str]] = {}
@@ -210,8 +217,20 @@ class JobCredential:
             entry = self._memory.get(key)
             if entry is not None and self._clock() < entry.refresh_on:
                 return entry  # the hot path: a dict read and a clock compare
+        return self._store.get(key, lambda: self._fetch(resource, claims), force=claims is not None)
+
+    def _fetch(self, resource: str, claims: str | None) -> CachedToken:
+        """Fetch from the identity endpoint, making the fetcher (and importing msal) the first time."""
         fetcher = self._fetcher
-        return self._store.get(key, lambda: fetcher.fetch(resource, claims=claims), force=claims is not None)
+        if fetcher is None:
+            # No lock: two threads racing here make two equivalent fetchers, and one is dropped (a lock held
+            # across a fork would outlive it in the child).
+            from aml_identity._fetch import make_fetcher  # noqa: PLC0415 - msal and requests, on the first fetch
+
+            fetcher = make_fetcher(self.identity, self._env, policy=self._retry, clock=self._clock, sleep=self._sleep,
+                                   session=self._session)  # fmt: skip
+            self._fetcher = fetcher
+        return fetcher.fetch(resource, claims=claims)
 
     def get_token(
         self,
@@ -300,6 +319,7 @@ def default_credential(
     retry: RetryPolicy | None = None,
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], None] | None = None,
+    session: requests.Session | None = None,
 ) -> JobCredential:
     """Return the credential of the compute's default managed identity (or the one named).
 
@@ -314,6 +334,9 @@ def default_credential(
         retry: How to retry the identity endpoint; ``AML_IDENTITY_TOKEN_TIMEOUT`` sets the total budget.
         clock: Returns the current time (tests inject one).
         sleep: Waits between retries (tests inject one).
+        session: The ``requests.Session`` for the identity endpoint, to swap the HTTP layer (an adapter, a
+            proxy-free session of your own); one per process by default. A pickled credential uses the
+            default in the receiving process.
 
     Returns:
         The credential; pass it to any Azure SDK client.
@@ -325,7 +348,7 @@ def default_credential(
     env = JobEnvironment.from_environ(environ)
     identity = default_identity(client_id=client_id, object_id=object_id, resource_id=resource_id, environ=env)
     _log.info("Using managed identity %s (selected by %s).", identity.describe(), identity.selected_by)
-    return JobCredential(identity, env=env, cache=cache, retry=retry, clock=clock, sleep=sleep)
+    return JobCredential(identity, environ=environ, cache=cache, retry=retry, clock=clock, sleep=sleep, session=session)
 
 
 _shared_lock = threading.Lock()

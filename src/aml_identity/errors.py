@@ -9,9 +9,17 @@ aml-identity drops into existing code without changing its ``except`` clauses:
   be used here, so a credential chain moves on to its next credential.
 * :class:`TokenRequestError` is an ``azure.core.exceptions.ClientAuthenticationError``: the identity
   endpoint was asked and failed, so a chain stops.
+* :class:`ComputeTargetException` is what the SDK v1 shim (``aml_identity.provisioning.v1``) raises, as
+  ``azureml-core`` did; its validation errors are :class:`ComputeTargetConfigurationError`, also a
+  :class:`ConfigurationError`.
 * :class:`DataAccessDeniedError` and :class:`ProvisioningError` are
   ``azure.core.exceptions.HttpResponseError`` subclasses, like the errors of the storage and management
   SDKs they replace; :class:`ClusterNotFoundError` is also a ``ResourceNotFoundError``.
+
+The classes with an Azure SDK base are defined in a private module and loaded on first use (a module
+``__getattr__``), so ``import aml_identity`` does not import ``azure.identity`` (which pulls in msal and
+requests) or azure-core's pipeline: naming ``aml_identity.errors.TokenRequestError`` (in an ``except``
+clause, say) is what loads them.
 
 Messages say what was tried and what to do. No message, ``repr`` or attribute holds a token or secret:
 response bodies are quoted only through :func:`redact`.
@@ -20,20 +28,34 @@ response bodies are quoted only through :func:`redact`.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
-from azure.identity import CredentialUnavailableError
+if TYPE_CHECKING:
+    from aml_identity._azure_errors import (
+        ClusterNotFoundError,
+        DataAccessDeniedError,
+        IdentityNotConfiguredError,
+        IdentityNotFoundError,
+        IdentityUnavailableError,
+        OperationFailedError,
+        ProvisioningError,
+        ProvisioningTimeoutError,
+        QuotaExceededError,
+        TokenRequestError,
+    )
 
 __all__ = [
     "AmlIdentityError",
     "ClusterNotFoundError",
+    "ComputeTargetConfigurationError",
+    "ComputeTargetException",
     "ConfigurationError",
     "DataAccessDeniedError",
     "DatastoreError",
     "IdentityNotConfiguredError",
     "IdentityNotFoundError",
     "IdentityUnavailableError",
+    "MissingExtraError",
     "OperationFailedError",
     "ProvisioningError",
     "ProvisioningTimeoutError",
@@ -115,206 +137,97 @@ class ConfigurationError(AmlIdentityError, ValueError):
         self.name = name
 
 
-class IdentityUnavailableError(AmlIdentityError, CredentialUnavailableError):
-    """No managed identity can be used in this environment; a credential chain moves on.
+class MissingExtraError(AmlIdentityError, ModuleNotFoundError):
+    """A feature needs an optional extra that is not installed; the message names the ``pip install`` line.
+
+    Also a :class:`ModuleNotFoundError` (an ``ImportError``), which is what a missing module has always been.
 
     Attributes:
-        source: The identity source that was considered (``"azureml"``, ``"imds"``...), if any.
+        extra: The extra to install (``"testing"``, ``"mount"``...).
+        missing: What was found missing (distribution or module names).
     """
 
-    def __init__(self, message: str, *, source: str | None = None) -> None:
+    def __init__(self, feature: str, extra: str, missing: tuple[str, ...]) -> None:
         """Create the error.
 
         Args:
-            message: What was looked for and how to make an identity available.
-            source: The identity source that was considered.
+            feature: What needs the extra, as the user called it (``"aml-identity sandbox"``...).
+            extra: The extra that provides it.
+            missing: The distributions or modules that are not installed.
         """
-        CredentialUnavailableError.__init__(self, message)
-        self.message = message
-        self.source = source
-
-
-class IdentityNotConfiguredError(IdentityUnavailableError):
-    """The compute has no managed identity assigned (``DEFAULT_IDENTITY_CLIENT_ID`` missing or a placeholder).
-
-    Azure ML would answer a request without a client id with a token for the *user* who submitted the
-    job, not for the compute: aml-identity refuses instead of fetching it.
-    """
-
-
-class TokenRequestError(AmlIdentityError, ClientAuthenticationError):
-    """The identity endpoint was asked for a token and did not give one.
-
-    Attributes:
-        identity: A description of the identity asked for (client id or "system-assigned").
-        endpoint: The endpoint URL (no secret in it).
-        status_code: The last HTTP status received, or None when no response came back.
-        attempts: How many requests were sent.
-        retryable: Whether trying again later may succeed (throttling, outage, timeout).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        identity: str,
-        endpoint: str,
-        status_code: int | None = None,
-        attempts: int = 1,
-        retryable: bool = False,
-    ) -> None:
-        """Create the error.
-
-        Args:
-            message: What happened and what to do.
-            identity: The identity asked for.
-            endpoint: The endpoint URL.
-            status_code: The last HTTP status, if any.
-            attempts: The number of requests sent.
-            retryable: Whether a later attempt may succeed.
-        """
-        ClientAuthenticationError.__init__(self, message)
-        self.message = message
-        self.identity = identity
-        self.endpoint = endpoint
-        self.status_code = status_code
-        self.attempts = attempts
-        self.retryable = retryable
-
-
-class IdentityNotFoundError(TokenRequestError, ConfigurationError):
-    """The endpoint knows no identity with the id that was asked for.
-
-    The usual cause is an object (principal) id passed where a client (application) id is expected: both
-    are GUIDs, so only the endpoint can tell. Also a :class:`ConfigurationError`, since the input is wrong.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        identity: str,
-        endpoint: str,
-        status_code: int | None = None,
-        attempts: int = 1,
-        name: str | None = None,
-    ) -> None:
-        """Create the error.
-
-        Args:
-            message: Which id was not found and how to find the right one.
-            identity: The identity asked for.
-            endpoint: The endpoint URL.
-            status_code: The HTTP status.
-            attempts: The number of requests sent.
-            name: The argument or variable the id came from.
-        """
-        TokenRequestError.__init__(
-            self, message, identity=identity, endpoint=endpoint, status_code=status_code, attempts=attempts
+        super().__init__(
+            f"{feature} needs the {extra} extra ({', '.join(missing)} not installed): "
+            f"pip install 'aml-identity[{extra}]'"
         )
-        self.name = name
+        self.extra = extra
+        self.missing = missing
 
 
 class DatastoreError(AmlIdentityError):
     """A datastore could not be resolved, read or written."""
 
 
-class DataAccessDeniedError(DatastoreError, HttpResponseError):
-    """Storage answered 403: the identity lacks a data-plane role on the account.
-
-    Attributes:
-        identity: The client id (and object id, when known) of the identity that was refused.
-        account: The storage account name.
-        operation: What was attempted (``"read"``, ``"list"``, ``"write"``...).
-        role: The built-in role that grants it.
-        error_code: Storage's error code (for example ``AuthorizationPermissionMismatch``).
-        client_id: The refused identity's client (application) id, when known.
-        object_id: The refused identity's object (principal) id, when known: the id to assign the role to.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        identity: str,
-        account: str,
-        operation: str,
-        role: str,
-        error_code: str | None = None,
-        status_code: int = 403,
-        client_id: str | None = None,
-        object_id: str | None = None,
-    ) -> None:
-        """Create the error.
-
-        Args:
-            message: What was refused and how to grant it.
-            identity: The refused identity.
-            account: The storage account.
-            operation: The attempted operation.
-            role: The role to grant.
-            error_code: Storage's error code.
-            status_code: The HTTP status (403).
-            client_id: The identity's client id.
-            object_id: The identity's object id.
-        """
-        HttpResponseError.__init__(self, message)
-        self.message = message
-        self.identity = identity
-        self.account = account
-        self.operation = operation
-        self.role = role
-        self.error_code = error_code
-        self.status_code = status_code
-        self.client_id = client_id
-        self.object_id = object_id
-
-
 class TransferError(DatastoreError):
     """A transfer failed or a downloaded file did not verify (size or checksum)."""
 
 
-class ProvisioningError(AmlIdentityError, HttpResponseError):
-    """Azure Resource Manager refused or failed a provisioning request.
+class ComputeTargetException(AmlIdentityError):  # noqa: N818 - SDK v1's name, kept so v1 scripts' except clauses work
+    """An SDK v1 compute call failed (``aml_identity.provisioning.v1``, in place of ``azureml-core``'s).
+
+    The message is the one aml-identity gives for the same failure (what was tried, ARM's answer, the fix);
+    the aml-identity error behind it, when there is one, is its ``__cause__``.
 
     Attributes:
-        status_code: The HTTP status, when the error came from a response.
-        error_code: ARM's error code (for example ``QuotaExceeded``), when given.
+        status_code: The HTTP status, when ARM answered.
+        error_code: ARM's error code (``ResourceNotFound``, ``QuotaExceeded``...), when given.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        error_code: str | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, error_code: str | None = None) -> None:
         """Create the error.
 
         Args:
-            message: What was asked, what ARM said and what to do.
+            message: What was tried, what went wrong and what to do.
             status_code: The HTTP status.
             error_code: ARM's error code.
-            **kwargs: Passed to ``HttpResponseError`` (for example ``response``).
         """
-        HttpResponseError.__init__(self, message, **kwargs)
-        self.message = message
-        self.status_code = status_code if status_code is not None else self.status_code
+        super().__init__(message)
+        self.status_code = status_code
         self.error_code = error_code
 
 
-class ClusterNotFoundError(ProvisioningError, ResourceNotFoundError):
-    """The compute cluster does not exist in the workspace."""
+class ComputeTargetConfigurationError(ComputeTargetException, ConfigurationError):
+    """An SDK v1 compute setting is invalid or no longer supported; the message names it and the alternative."""
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        """Create the error.
+
+        Args:
+            message: What is wrong and how to fix it.
+            name: The keyword at fault.
+        """
+        ComputeTargetException.__init__(self, message)
+        self.name = name
 
 
-class QuotaExceededError(ProvisioningError):
-    """The cluster would not fit the subscription's core quota; the message says how to request more."""
+# The classes whose bases live in azure-core / azure-identity, defined in aml_identity._azure_errors.
+_AZURE_ERRORS = frozenset({
+    "ClusterNotFoundError", "DataAccessDeniedError", "IdentityNotConfiguredError", "IdentityNotFoundError",
+    "IdentityUnavailableError", "OperationFailedError", "ProvisioningError", "ProvisioningTimeoutError",
+    "QuotaExceededError", "TokenRequestError",
+})  # fmt: skip
 
 
-class OperationFailedError(ProvisioningError):
-    """A long-running ARM operation ended ``Failed`` or ``Canceled``; carries the service's code and message."""
+def __getattr__(name: str) -> Any:
+    """Load the errors with an Azure SDK base class on first use (see the module docstring)."""
+    if name not in _AZURE_ERRORS:
+        raise AttributeError(f"module 'aml_identity.errors' has no attribute {name!r}")
+    from aml_identity import _azure_errors  # noqa: PLC0415 - imports azure.identity and azure-core
+
+    value = getattr(_azure_errors, name)
+    globals()[name] = value
+    return value
 
 
-class ProvisioningTimeoutError(ProvisioningError, TimeoutError):
-    """A cluster did not reach the state waited for in time; the message says where it stopped and what to check."""
+def __dir__() -> list[str]:
+    """List the public names, loaded or not."""
+    return sorted(set(globals()) | _AZURE_ERRORS)

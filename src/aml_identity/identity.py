@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from aml_identity import errors
 from aml_identity._environment import JobEnvironment, check_outbound_url, is_guid, is_loopback_host
-from aml_identity.errors import ConfigurationError, IdentityNotConfiguredError, IdentityUnavailableError
+from aml_identity.errors import ConfigurationError
 
-__all__ = ["SOURCE_NAMES", "IdentitySource", "ManagedIdentity", "SelectedBy", "default_identity"]
+__all__ = [
+    "SOURCES",
+    "SOURCE_NAMES",
+    "IdentitySource",
+    "ManagedIdentity",
+    "SelectedBy",
+    "SourceRule",
+    "default_identity",
+    "sources_markdown",
+]
 
 _log = logging.getLogger("aml_identity.identity")
 
@@ -141,38 +151,134 @@ def _check_resource_id(value: str) -> str:
     return value
 
 
-def _detect_source(env: JobEnvironment) -> tuple[IdentitySource, str]:  # noqa: PLR0911 - one return per source
-    """Pick the identity source in msal's order (msal sends the request, so it must agree)."""
-    if env.identity_endpoint and env.identity_header:
-        if env.identity_server_thumbprint:
-            return "service_fabric", _validate_endpoint(
-                env.identity_endpoint, "IDENTITY_ENDPOINT", env, carries_secret=False
-            )
-        return "app_service", _validate_endpoint(env.identity_endpoint, "IDENTITY_ENDPOINT", env, carries_secret=True)
-    if env.msi_endpoint and env.msi_secret:
-        return "azureml", _validate_endpoint(env.msi_endpoint, "MSI_ENDPOINT", env, carries_secret=True)
-    if env.identity_endpoint and env.imds_endpoint:
-        return "azure_arc", _validate_endpoint(env.identity_endpoint, "IDENTITY_ENDPOINT", env, carries_secret=False)
-    if ARC_AGENT_FILE.exists():
-        return "azure_arc", _validate_endpoint(ARC_DEFAULT_ENDPOINT, "IDENTITY_ENDPOINT", env, carries_secret=False)
-    if env.cloud_shell or (env.msi_endpoint and not env.msi_secret):
-        raise IdentityUnavailableError(
-            "This looks like Azure Cloud Shell (MSI_ENDPOINT without MSI_SECRET), whose endpoint gives tokens for "
-            "the signed-in user, not a managed identity. Use azure.identity.AzureCliCredential there; on Azure ML "
-            "compute both MSI_ENDPOINT and MSI_SECRET are set by the platform.",
-            source="cloud_shell",
-        )
-    if env.federated_token_file and env.tenant_id:
-        authority = (env.authority_host or DEFAULT_AUTHORITY).rstrip("/")
-        return "workload_identity", _validate_endpoint(
-            f"{authority}/{env.tenant_id}/oauth2/v2.0/token",
-            "AZURE_AUTHORITY_HOST",
-            env,
-            carries_secret=False,
-        )
+@dataclass(frozen=True)
+class SourceRule:
+    """One row of :data:`SOURCES`: when a source applies and where its token endpoint is.
+
+    Attributes:
+        source: The identity source, or ``"cloud_shell"`` for the environment that is refused.
+        applies: Whether the environment selects this source.
+        endpoint: The token endpoint URL and the setting it came from (None: the source is refused).
+        carries_secret: Whether requests to the endpoint carry a secret (then it must be on this machine).
+        when: The condition, for the documentation.
+        where: The endpoint, for the documentation.
+    """
+
+    source: IdentitySource | Literal["cloud_shell"]
+    applies: Callable[[JobEnvironment], bool]
+    endpoint: Callable[[JobEnvironment], tuple[str, str] | None]
+    carries_secret: bool
+    when: str
+    where: str
+
+
+def _workload_endpoint(env: JobEnvironment) -> tuple[str, str]:
+    authority = (env.authority_host or DEFAULT_AUTHORITY).rstrip("/")
+    return f"{authority}/{env.tenant_id}/oauth2/v2.0/token", "AZURE_AUTHORITY_HOST"
+
+
+def _imds_endpoint(env: JobEnvironment) -> tuple[str, str]:
     authority = (env.pod_identity_authority_host or IMDS_AUTHORITY).rstrip("/")
     name = "AZURE_POD_IDENTITY_AUTHORITY_HOST" if env.pod_identity_authority_host else "IMDS endpoint"
-    return "imds", _validate_endpoint(authority + IMDS_TOKEN_PATH, name, env, carries_secret=False)
+    return authority + IMDS_TOKEN_PATH, name
+
+
+# The identity sources in msal's order of detection (msal sends the request, so it must agree): the first row
+# whose condition holds is the source. `aml-identity`'s docs render this table (sources_markdown()).
+SOURCES: tuple[SourceRule, ...] = (
+    SourceRule(
+        "service_fabric",
+        lambda env: bool(env.identity_endpoint and env.identity_header and env.identity_server_thumbprint),
+        lambda env: (str(env.identity_endpoint), "IDENTITY_ENDPOINT"),
+        carries_secret=False,
+        when="`IDENTITY_ENDPOINT`, `IDENTITY_HEADER` and `IDENTITY_SERVER_THUMBPRINT` are set",
+        where="`IDENTITY_ENDPOINT`",
+    ),
+    SourceRule(
+        "app_service",
+        lambda env: bool(env.identity_endpoint and env.identity_header),
+        lambda env: (str(env.identity_endpoint), "IDENTITY_ENDPOINT"),
+        carries_secret=True,
+        when="`IDENTITY_ENDPOINT` and `IDENTITY_HEADER` are set",
+        where="`IDENTITY_ENDPOINT` (on this machine: it receives the secret)",
+    ),
+    SourceRule(
+        "azureml",
+        lambda env: bool(env.msi_endpoint and env.msi_secret),
+        lambda env: (str(env.msi_endpoint), "MSI_ENDPOINT"),
+        carries_secret=True,
+        when="`MSI_ENDPOINT` and `MSI_SECRET` are set (Azure ML compute)",
+        where="`MSI_ENDPOINT` (on this machine: it receives the secret)",
+    ),
+    SourceRule(
+        "azure_arc",
+        lambda env: bool(env.identity_endpoint and env.imds_endpoint),
+        lambda env: (str(env.identity_endpoint), "IDENTITY_ENDPOINT"),
+        carries_secret=False,
+        when="`IDENTITY_ENDPOINT` and `IMDS_ENDPOINT` are set",
+        where="`IDENTITY_ENDPOINT`",
+    ),
+    SourceRule(
+        "azure_arc",
+        lambda _env: ARC_AGENT_FILE.exists(),
+        lambda _env: (ARC_DEFAULT_ENDPOINT, "IDENTITY_ENDPOINT"),
+        carries_secret=False,
+        when=f"the Azure Arc agent is installed (`{ARC_AGENT_FILE}` exists)",
+        where=f"`{ARC_DEFAULT_ENDPOINT}`",
+    ),
+    SourceRule(
+        "cloud_shell",
+        lambda env: bool(env.cloud_shell or (env.msi_endpoint and not env.msi_secret)),
+        lambda _env: None,
+        carries_secret=False,
+        when="Azure Cloud Shell (`AZUREPS_HOST_ENVIRONMENT=cloud-shell...`, or `MSI_ENDPOINT` without `MSI_SECRET`)",
+        where="refused: its endpoint gives the signed-in user's tokens (`IdentityUnavailableError`)",
+    ),
+    SourceRule(
+        "workload_identity",
+        lambda env: bool(env.federated_token_file and env.tenant_id),
+        _workload_endpoint,
+        carries_secret=False,
+        when="`AZURE_FEDERATED_TOKEN_FILE` and `AZURE_TENANT_ID` are set (Kubernetes workload identity)",
+        where=f"`AZURE_AUTHORITY_HOST` (default `{DEFAULT_AUTHORITY}`) + `/<tenant>/oauth2/v2.0/token`",
+    ),
+    SourceRule(
+        "imds",
+        lambda _env: True,
+        _imds_endpoint,
+        carries_secret=False,
+        when="none of the above (Azure VMs, Kubernetes compute)",
+        where=f"`AZURE_POD_IDENTITY_AUTHORITY_HOST`, else `{IMDS_AUTHORITY}`, + `{IMDS_TOKEN_PATH}`",
+    ),
+)
+
+
+def sources_markdown() -> str:
+    """Return :data:`SOURCES` as a Markdown table (the identity-selection section of ``docs/runtime.md``)."""
+    rows = ["| Order | Source | When | Token endpoint |", "|---|---|---|---|"]
+    for number, rule in enumerate(SOURCES, start=1):
+        rows.append(f"| {number} | `{rule.source}` | {rule.when} | {rule.where} |")
+    return "\n".join(rows) + "\n"
+
+
+def _detect_source(env: JobEnvironment) -> tuple[IdentitySource, str]:
+    """Pick the identity source: the first row of :data:`SOURCES` that applies."""
+    for rule in SOURCES:
+        if not rule.applies(env):
+            continue
+        found = rule.endpoint(env)
+        if found is None or rule.source == "cloud_shell":
+            raise errors.IdentityUnavailableError(
+                "This looks like Azure Cloud Shell (MSI_ENDPOINT without MSI_SECRET), whose endpoint gives tokens "
+                "for the signed-in user, not a managed identity. Use azure.identity.AzureCliCredential there; on "
+                "Azure ML compute both MSI_ENDPOINT and MSI_SECRET are set by the platform.",
+                source="cloud_shell",
+            )
+        url, name = found
+        source: IdentitySource = rule.source
+        return source, _validate_endpoint(url, name, env, carries_secret=rule.carries_secret)
+    msg = "the last identity source (IMDS) applies to every environment"  # pragma: no cover - unreachable
+    raise AssertionError(msg)  # pragma: no cover
 
 
 def default_identity(
@@ -282,7 +388,7 @@ def _resolve_azureml(env: JobEnvironment, endpoint: str, explicit: _Explicit | N
     raw = (env.default_identity_client_id or "").strip()
     if not raw or raw.lower() == NO_IDENTITY_PLACEHOLDER:
         shown = "is not set" if env.default_identity_client_id is None else f"is {raw!r}"
-        raise IdentityNotConfiguredError(
+        raise errors.IdentityNotConfiguredError(
             f"This Azure ML compute has no managed identity: DEFAULT_IDENTITY_CLIENT_ID {shown}. Assign one "
             "(`az ml compute update --name <cluster> --identity-type SystemAssigned`, or "
             "aml_identity.provisioning's cluster.add_identity()), or pass client_id= for a user-assigned "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 
@@ -22,6 +22,9 @@ from aml_identity._tokens import CachedToken
 from aml_identity.credential import CacheMode, JobCredential
 from aml_identity.credential import default_credential as _sync_default_credential
 from aml_identity.identity import ManagedIdentity
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["AsyncJobCredential", "default_credential"]
 
@@ -99,6 +102,7 @@ def default_credential(
     retry: RetryPolicy | None = None,
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], None] | None = None,
+    session: requests.Session | None = None,
 ) -> AsyncJobCredential:
     """Return the async credential of the compute's default managed identity (or the one named).
 
@@ -117,5 +121,6 @@ def default_credential(
             retry=retry,
             clock=clock,
             sleep=sleep,
+            session=session,
         )
     )

@@ -20,7 +20,6 @@ import hashlib
 import http.client
 import os
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aml_identity.datastore._engine import BUFFER_SIZE, Counters, Engine, Progress, Transfer
@@ -82,18 +81,6 @@ class _Download(Transfer):
         self.dest = dest
         self.resume = resume
         self.created_dirs: set[str] = set()
-
-    def pages(self, prefix: str) -> Iterator[list[BlobItem]]:
-        """Yield listing pages under ``prefix``."""
-        marker: str | None = None
-        while True:
-            try:
-                items, marker = self.client.list_page(self.loc.container, prefix, marker)
-            except StorageHttpError as exc:
-                raise self._storage_error(exc, "list") from None
-            yield items
-            if not marker:
-                return
 
     # -- planning (producer thread) ---------------------------------------------------------------------
 

@@ -13,14 +13,14 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aml_identity.datastore._errors import Operation, convert_storage_error
 
 if TYPE_CHECKING:
-    from aml_identity.datastore._rest import BlobRestClient, StorageHttpError
+    from aml_identity.datastore._rest import BlobItem, BlobRestClient, StorageHttpError
     from aml_identity.datastore.resolve import BlobLocation
 
 __all__ = ["BUFFER_SIZE", "Counters", "Engine", "Progress", "Transfer", "TransferCancelledError"]
@@ -227,6 +227,20 @@ class Transfer:
             buf = memoryview(bytearray(BUFFER_SIZE))
             self._local.buf = buf
         return buf
+
+    def pages(self, prefix: str) -> Iterator[list[BlobItem]]:
+        """Yield listing pages under ``prefix`` (a refused listing raises the aml-identity error)."""
+        from aml_identity.datastore._rest import StorageHttpError  # noqa: PLC0415 - only typed at module level
+
+        marker: str | None = None
+        while True:
+            try:
+                items, marker = self.client.list_page(self.loc.container, prefix, marker)
+            except StorageHttpError as exc:
+                raise self._storage_error(exc, "list") from None
+            yield items
+            if not marker:
+                return
 
     def _storage_error(self, error: StorageHttpError, operation: Operation) -> Exception:
         """Turn a service error into the aml-identity error naming the identity, the account and the fix."""

@@ -29,25 +29,22 @@ from base64 import b64decode
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import quote, unquote, urlsplit
-
-import jwt
 
 from aml_identity import __version__
 from aml_identity._retry import RetryPolicy, call_with_retries
-from aml_identity._tokens import CachedToken, TokenStore, new_token
-from aml_identity.errors import AmlIdentityError, redact
-
-if TYPE_CHECKING:
-    from azure.core.credentials import TokenCredential
+from aml_identity.datastore._bearer import STORAGE_SCOPE, BearerToken
+from aml_identity.errors import redact
 
 __all__ = [
     "STORAGE_API_VERSION",
     "STORAGE_SCOPE",
     "BearerToken",
     "BlobItem",
+    "BlobProperties",
     "BlobRestClient",
+    "FolderPage",
     "StorageHttpError",
 ]
 
@@ -56,8 +53,6 @@ T = TypeVar("T")
 
 # The Blob service REST version we speak: the newest that Azurite 3.35 implements, and GA in Azure.
 STORAGE_API_VERSION = "2025-11-05"
-# The audience of storage tokens; valid for every account in the cloud.
-STORAGE_SCOPE = "https://storage.azure.com/.default"
 _USER_AGENT = f"aml-identity/{__version__} Python-http.client"
 
 # Statuses worth retrying: timeouts, throttling, and transient server errors (Azure Storage guidance). Not
@@ -92,8 +87,8 @@ STORAGE_RETRY_POLICY = RetryPolicy(
 )
 # List Blobs page size: the service maximum, fewest round trips.
 LIST_PAGE_SIZE = 5000
-# The key of the one token a holder keeps in its in-process store.
-_TOKEN_KEY = "storage"  # noqa: S105 - a dictionary key, not a secret
+# User metadata travels as headers with this prefix (Get Blob Properties).
+_META_HEADER = "x-ms-meta-"
 _RNG = random.Random()  # noqa: S311 - backoff jitter, not cryptography
 
 
@@ -116,111 +111,6 @@ class StorageHttpError(Exception):
         self.detail = detail
         self.method = method
         self.resource = resource
-
-
-class _CredentialFailedError(AmlIdentityError):
-    """Carries another credential's exception through the token store (which logs advisory failures)."""
-
-    def __init__(self, original: Exception) -> None:
-        super().__init__(f"{type(original).__name__}: {original}")
-        self.original = original
-
-
-class BearerToken:
-    """The current ``Authorization`` header for one credential and scope, refreshed ahead of expiry.
-
-    With the job credential (:class:`aml_identity.credential.JobCredential`) every request asks it: its
-    cache hit is a dictionary read and a clock compare (~1 us), and it alone decides - by its own clock and
-    refresh policy - when a token is refreshed. Any other ``TokenCredential`` is held in an in-process
-    :class:`aml_identity._tokens.TokenStore`, so it gets the same policy: asked again from its token's
-    ``refresh_on`` (by one thread, while the others keep the still-valid token; a failure there is logged
-    and retried 30 s later) and, in the last minutes, by every caller until one succeeds.
-    """
-
-    def __init__(
-        self,
-        credential: TokenCredential,
-        scope: str = STORAGE_SCOPE,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        """Create the holder.
-
-        Args:
-            credential: Any azure-core ``TokenCredential`` (``get_token_info`` is used when it has one).
-            scope: The scope to ask for.
-            clock: The wall clock for the refresh schedule of other credentials (injected by tests).
-        """
-        self._credential = credential
-        self._scope = scope
-        self._clock = clock
-        self._header = ""
-        self._token = ""
-        self._current: CachedToken | None = None
-        self._force = False
-        self._store = TokenStore(None, clock, lock_timeout=0.0)  # in-process: no node lock to wait for
-        self._per_call: Callable[[str], Any] | None = None
-        try:
-            from aml_identity.credential import JobCredential  # noqa: PLC0415 - avoid an import cycle
-
-            if isinstance(credential, JobCredential):
-                self._per_call = credential.get_token_info
-        except ImportError:  # pragma: no cover - the runtime package is always there
-            pass
-
-    def header(self) -> str:
-        """Return ``"Bearer <token>"``, refreshing the token first when it is due."""
-        if self._per_call is not None:
-            token = self._per_call(self._scope).token
-            if token is not self._token:
-                self._token = token
-                self._header = "Bearer " + token
-            return self._header
-        current = self._current
-        if current is not None and not self._force and self._clock() < current.refresh_on:
-            return self._header
-        force, self._force = self._force, False
-        try:
-            cached = self._store.get(_TOKEN_KEY, self._fetch, force=force)
-        except _CredentialFailedError as exc:
-            raise exc.original from None
-        if cached is not current:
-            self._current = cached
-            self._token = cached.token
-            self._header = "Bearer " + cached.token
-        return self._header
-
-    def invalidate(self) -> None:
-        """Forget the token so the next request asks the credential again (after a 401)."""
-        self._force = True
-
-    def claims(self) -> dict[str, Any]:
-        """Return the current token's claims, decoded without verification (to name the identity)."""
-        token = self._token
-        if not token:
-            return {}
-        try:
-            claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            return {}
-        return claims
-
-    def _fetch(self) -> CachedToken:
-        now = self._clock()
-        get_info = getattr(self._credential, "get_token_info", None)
-        refresh_on: float | None = None
-        try:
-            if get_info is not None:
-                info = get_info(self._scope)
-                token, expires_on = info.token, float(info.expires_on)
-                refresh_on = float(info.refresh_on) if getattr(info, "refresh_on", None) else None
-            else:
-                access = self._credential.get_token(self._scope)
-                token, expires_on = access.token, float(access.expires_on)
-        except Exception as exc:
-            raise _CredentialFailedError(exc) from exc
-        refresh_in = int(refresh_on - now) if refresh_on is not None else None
-        return new_token(token, expires_on=int(expires_on), now=now, refresh_in=refresh_in)
 
 
 @dataclass(frozen=True)
@@ -311,10 +201,13 @@ def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, (OSError, http.client.HTTPException))
 
 
-class _Connection(http.client.HTTPSConnection):
-    """A keep-alive HTTPS connection that remembers whether it has carried a request yet."""
+ConnectionFactory = Callable[[str, int, ssl.SSLContext], http.client.HTTPConnection]
+"""Opens a connection to ``(host, port)`` with a TLS context: the HTTP layer storage requests go through."""
 
-    used = False
+
+def https_connection(host: str, port: int, context: ssl.SSLContext) -> http.client.HTTPConnection:
+    """The default :data:`ConnectionFactory`: a keep-alive ``http.client`` HTTPS connection."""
+    return http.client.HTTPSConnection(host, port, timeout=SOCKET_TIMEOUT_S, context=context)
 
 
 class BlobRestClient:
@@ -332,6 +225,7 @@ class BlobRestClient:
         sleep: Callable[[float], None] = time.sleep,
         max_attempts: int = MAX_ATTEMPTS,
         on_request: Callable[[], None] | None = None,
+        connection_factory: ConnectionFactory | None = None,
     ) -> None:
         """Create the client.
 
@@ -343,6 +237,8 @@ class BlobRestClient:
             sleep: How to wait between retries (injected by tests).
             max_attempts: Attempts per request, the first included.
             on_request: Called once per response received (counts requests for the transfer's result).
+            connection_factory: Opens the connections (:func:`https_connection` by default); swap it to put
+                another HTTP layer under the client (a test double, a proxy tunnel, other socket options).
         """
         parts = urlsplit(endpoint)
         if parts.scheme != "https" or not parts.hostname:
@@ -362,7 +258,8 @@ class BlobRestClient:
             else replace(STORAGE_RETRY_POLICY, max_attempts=max_attempts)
         )
         self._on_request = on_request
-        self._idle: deque[_Connection] = deque()
+        self._connect = connection_factory or https_connection
+        self._idle: deque[http.client.HTTPConnection] = deque()
         self._closed = False
 
     @property
@@ -385,13 +282,14 @@ class BlobRestClient:
 
     # -- the request loop ------------------------------------------------------------------------------
 
-    def _take(self) -> _Connection:
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """Return a pooled connection (it has carried a request: ``True``), or a new one (``False``)."""
         try:
-            return self._idle.pop()
+            return self._idle.pop(), True
         except IndexError:
-            return _Connection(self._host, self._port, timeout=SOCKET_TIMEOUT_S, context=self._ssl)
+            return self._connect(self._host, self._port, self._ssl), False
 
-    def _give_back(self, conn: _Connection) -> None:
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
         if self._closed:
             conn.close()
         else:
@@ -474,8 +372,7 @@ class BlobRestClient:
     ) -> _Answer:
         """Send the request once (again at once on a fresh connection if a kept-alive one was closed)."""
         while True:
-            conn = self._take()
-            reused = conn.used
+            conn, reused = self._take()
             try:
                 self._send(conn, method, path, headers, body, body_length)
                 response = conn.getresponse()
@@ -485,7 +382,6 @@ class BlobRestClient:
                     continue  # the server closed an idle keep-alive connection: resend at once on a new one
                 raise
             break
-        conn.used = True
         if self._on_request is not None:
             self._on_request()
         status = response.status
@@ -508,7 +404,7 @@ class BlobRestClient:
             self._release(conn, response)
         return _Answer(status, response.headers, error=_error_from(status, response.headers, payload, method, resource))
 
-    def _release(self, conn: _Connection, response: http.client.HTTPResponse) -> None:
+    def _release(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
         if response.will_close:
             conn.close()
         else:
@@ -516,7 +412,7 @@ class BlobRestClient:
 
     def _send(  # noqa: PLR0917 - private, one caller
         self,
-        conn: _Connection,
+        conn: http.client.HTTPConnection,
         method: str,
         path: str,
         headers: Mapping[str, str] | None,
@@ -641,10 +537,41 @@ class BlobRestClient:
             resource=f"{container}/{name}",
         )  # fmt: skip
 
+    def list_folder_page(self, container: str, prefix: str, marker: str | None) -> FolderPage:
+        """List one page of what is directly in the folder ``prefix`` (delimited by ``/``, with metadata)."""
+        query = f"?restype=container&comp=list&delimiter=%2F&include=metadata&maxresults={LIST_PAGE_SIZE}"
+        if prefix:
+            query += "&prefix=" + quote(prefix, safe="")
+        if marker:
+            query += "&marker=" + quote(marker, safe="")
+        body = self.request("GET", self.blob_path(container) + query, resource=f"{container}/{prefix}")
+        assert isinstance(body, bytes)  # noqa: S101 - no reader given, so the body
+        return parse_folder_listing(body)
+
+    def get_properties(self, container: str, name: str) -> BlobProperties:
+        """Return a blob's ETag, size, time and metadata (Get Blob Properties)."""
+        return self.request(  # type: ignore[return-value]  # on_response given, so its result
+            "HEAD", self.blob_path(container, name), on_response=_properties_from, resource=f"{container}/{name}"
+        )
+
+    def get_blob(self, container: str, name: str) -> bytes:
+        """Return a (small) blob's whole content."""
+        body = self.request("GET", self.blob_path(container, name), resource=f"{container}/{name}")
+        assert isinstance(body, bytes)  # noqa: S101 - no reader given, so the body
+        return body
+
+    def delete_blob(self, container: str, name: str) -> None:
+        """Delete a blob (404 if there is none)."""
+        self.request("DELETE", self.blob_path(container, name), ok=(202,), resource=f"{container}/{name}")
+
 
 def parse_listing(body: bytes) -> tuple[list[BlobItem], str | None]:
     """Parse a List Blobs answer into blob items and the next marker."""
     root = ET.fromstring(body)  # noqa: S314 - the storage service's own listing
+    return _blob_items(root), root.findtext("NextMarker") or None
+
+
+def _blob_items(root: ET.Element) -> list[BlobItem]:
     items: list[BlobItem] = []
     for blob in root.iter("Blob"):
         name_el = blob.find("Name")
@@ -667,5 +594,62 @@ def parse_listing(body: bytes) -> tuple[list[BlobItem], str | None]:
                 metadata=metadata,
             )
         )
-    marker = root.findtext("NextMarker") or None
-    return items, marker
+    return items
+
+
+@dataclass(frozen=True)
+class FolderPage:
+    """One page of a delimited (``/``) listing: the blobs directly in a folder and its sub-folders.
+
+    Attributes:
+        blobs: The blobs whose names have no ``/`` after the prefix.
+        prefixes: The sub-folders' full names, each ending in ``/``.
+        marker: The marker of the next page (``None`` after the last page).
+    """
+
+    blobs: list[BlobItem]
+    prefixes: list[str]
+    marker: str | None
+
+
+@dataclass(frozen=True)
+class BlobProperties:
+    """What Get Blob Properties (``HEAD``) says of one blob.
+
+    Attributes:
+        etag: Its ETag, without quotes.
+        size: Its length in bytes.
+        last_modified: Its Last-Modified time, epoch seconds.
+        metadata: Its user metadata (lower-case keys).
+    """
+
+    etag: str
+    size: int
+    last_modified: float
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_folder_listing(body: bytes) -> FolderPage:
+    """Parse a delimited List Blobs answer (blobs, sub-folder prefixes, next marker) in one pass."""
+    root = ET.fromstring(body)  # noqa: S314 - the storage service's own listing
+    prefixes = []
+    for element in root.iter("BlobPrefix"):
+        name_el = element.find("Name")
+        if name_el is None or not name_el.text:
+            continue
+        prefixes.append(unquote(name_el.text) if name_el.get("Encoded") == "true" else name_el.text)
+    return FolderPage(_blob_items(root), prefixes, root.findtext("NextMarker") or None)
+
+
+def _properties_from(response: http.client.HTTPResponse) -> BlobProperties:
+    metadata = {
+        key[len(_META_HEADER) :].lower(): value
+        for key, value in response.getheaders()
+        if key.lower().startswith(_META_HEADER)
+    }
+    return BlobProperties(
+        etag=(response.getheader("ETag") or "").strip('"'),
+        size=int(response.getheader("Content-Length") or 0),
+        last_modified=_http_date(response.getheader("Last-Modified") or ""),
+        metadata=metadata,
+    )

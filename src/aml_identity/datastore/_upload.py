@@ -86,17 +86,7 @@ class _Upload(Transfer):
 
     def existing(self, prefix: str) -> dict[str, BlobItem]:
         """Return the blobs already under ``prefix``, by name."""
-        found: dict[str, BlobItem] = {}
-        marker: str | None = None
-        while True:
-            try:
-                items, marker = self.client.list_page(self.loc.container, prefix, marker)
-            except StorageHttpError as exc:
-                raise self._storage_error(exc, "list") from None
-            for item in items:
-                found[item.name] = item
-            if not marker:
-                return found
+        return {item.name: item for items in self.pages(prefix) for item in items}
 
     def plan(self, path: str, name: str, remote: BlobItem | None) -> None:
         """Decide what to do with one local file and queue the work."""

@@ -34,13 +34,15 @@ from typing import IO, TYPE_CHECKING, Literal
 
 import aml_identity
 from aml_identity.datastore._fuse_cache import parse_size
-from aml_identity.datastore._fuse_fs import ATTR_CACHE_TTL_S
 from aml_identity.datastore._fuse_main import READY_PREFIX, check_fuse, clear_stale, fusermount, is_stale
+from aml_identity.datastore._fuse_tree import ATTR_CACHE_TTL_S
 from aml_identity.datastore.uri import DatastoreUri
 from aml_identity.errors import ConfigurationError, DatastoreError
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
+
+    from aml_identity.datastore._token_relay import TokenRelay
 
 __all__ = ["MOUNT_READY_TIMEOUT_S", "UNMOUNT_TIMEOUT_S", "Mount", "mount"]
 
@@ -53,6 +55,9 @@ MOUNT_READY_TIMEOUT_S = 120.0
 UNMOUNT_TIMEOUT_S = 30.0
 # After SIGTERM, how long the mount process gets to unmount before SIGKILL.
 _TERMINATE_GRACE_S = 5.0
+# After the mount process died on its own (kill -9, OOM), how long fusermount3's auto_unmount watchdog gets to
+# release the mount point (it takes milliseconds) before this process detaches the dead mount itself.
+_DEAD_MOUNT_GRACE_S = 5.0
 # Lines of the mount process's stderr kept to quote when it fails.
 _STDERR_TAIL_LINES = 40
 # What libfuse 3.14 prints at every mount with mfusepy; harmless (see docs/mount.md), so not copied to the job's log.
@@ -117,6 +122,17 @@ def _end_process(state: _State) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _watch(state: _State) -> None:
+    """Wait for the mount process; if it died on its own and left a dead mount, detach it (a second watchdog)."""
+    state.process.wait()
+    if state.done or os.getpid() != state.owner_pid:
+        return
+    threading.Event().wait(_DEAD_MOUNT_GRACE_S)
+    if not state.done and is_stale(state.path):
+        _log.warning("the mount process for %s died; detaching its dead mount", state.path)
+        fusermount(state.path, lazy=True)
 
 
 def _stop(state: _State) -> None:
@@ -218,12 +234,27 @@ def _identity_arguments(credential: TokenCredential | None) -> list[str]:
             if value:
                 arguments += [option, value]
         return arguments
+    if callable(getattr(credential, "get_token", None)):
+        return []  # any other TokenCredential: the mount process takes its tokens from a relay (see mount())
     raise ConfigurationError(
-        f"mount() got credential={type(credential).__name__}: the mount runs in its own process, which gets its own "
-        "tokens for the job's managed identity, so the credential cannot be handed over. Pass credential=None (the "
-        "default identity) or aml_identity.default_credential(client_id=...) to mount with a user-assigned identity.",
+        f"mount() got credential={type(credential).__name__}, which is not a TokenCredential (it has no "
+        "get_token). Pass None (the job's default identity), aml_identity.default_credential(client_id=...), or "
+        "any azure-core TokenCredential.",
         name="credential",
     )
+
+
+def _token_relay(credential: TokenCredential | None, env: dict[str, str]) -> TokenRelay | None:
+    """Serve a credential that is not a job credential to the mount process (which then uses it alone)."""
+    from aml_identity.credential import JobCredential  # noqa: PLC0415 - only to inspect the argument
+
+    if credential is None or isinstance(credential, JobCredential):
+        return None
+    from aml_identity.datastore._token_relay import TokenRelay  # noqa: PLC0415
+
+    relay = TokenRelay(credential)
+    relay.point(env)
+    return relay
 
 
 def _prepare_mount_point(mount_point: str | os.PathLike[str] | None) -> tuple[str, bool]:
@@ -314,8 +345,10 @@ def mount(
             staging files. Without it blocks are cached in memory only.
         cache_size: The disk cache's limit: bytes, or a string such as ``"20GiB"``. Without ``cache_dir`` a
             temporary cache folder is used. The cache also always leaves 1 GiB of its disk free.
-        credential: ``None`` for the job's default identity, or a :class:`~aml_identity.JobCredential` (from
-            ``default_credential(client_id=...)``) to use another of the compute's identities.
+        credential: ``None`` for the job's default identity; a :class:`~aml_identity.JobCredential` (from
+            ``default_credential(client_id=...)``) to use another of the compute's identities; or any other
+            ``TokenCredential``, whose tokens the mount process then gets from this process (over a loopback
+            endpoint only it can use).
         attr_timeout: Seconds listings and file attributes are trusted before storage is asked again (default
             :data:`~aml_identity.datastore._fuse_fs.ATTR_CACHE_TTL_S`, 60 s).
         environ: The environment of the mount process (``os.environ`` when omitted).
@@ -340,6 +373,7 @@ def mount(
     command = [sys.executable, "-m", "aml_identity", "mount", text, path, "--exit-with-stdin", *options]
     env = dict(os.environ if environ is None else environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
+    relay = _token_relay(credential, env)
     try:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             command,
@@ -350,9 +384,13 @@ def mount(
             start_new_session=True,  # the terminal's Ctrl-C reaches the job, which then unmounts in order
         )
     except OSError:
+        if relay is not None:
+            relay.stop()
         if made_path:
             os.rmdir(path)
         raise
+    if relay is not None:
+        relay.stop_with(process)
     state = _State(process, path, made_path, deque(maxlen=_STDERR_TAIL_LINES))
     assert process.stderr is not None  # noqa: S101 - we asked for a pipe
     state.pumps.append(_Pump(process.stderr, state.tail))
@@ -368,5 +406,6 @@ def mount(
     if not os.path.ismount(path):
         _stop(state)
         raise DatastoreError(f"The mount process reported {path} mounted, but it is not a mount point.")
+    threading.Thread(target=_watch, args=(state,), name="aml-mount-watch", daemon=True).start()
     _log.info("mounted %s at %s (%s, process %d)", text, path, mode, process.pid)
     return Mount(state, text, mode)

@@ -36,7 +36,7 @@ from aml_identity._job import job_credential
 from aml_identity._private import UnsafeCacheError, ensure_private_dir
 from aml_identity.datastore._download import run_download
 from aml_identity.datastore._engine import Counters, Progress
-from aml_identity.datastore._rest import BearerToken, BlobRestClient
+from aml_identity.datastore._rest import BearerToken, BlobRestClient, ConnectionFactory
 from aml_identity.datastore._upload import run_upload
 from aml_identity.datastore.resolve import BlobLocation, resolve
 from aml_identity.datastore.uri import DatastoreUri
@@ -118,13 +118,18 @@ def _workers(max_concurrency: int | None) -> int:
 
 
 def _client(
-    location: BlobLocation, credential: TokenCredential, env: JobEnvironment, counters: Counters
+    location: BlobLocation,
+    credential: TokenCredential,
+    env: JobEnvironment,
+    counters: Counters,
+    connection_factory: ConnectionFactory | None,
 ) -> BlobRestClient:
     check_outbound_url(location.endpoint, env, what="blob endpoint")
     context = ssl.create_default_context(cafile=env.ca_bundle) if env.ca_bundle else ssl.create_default_context()
     return BlobRestClient(
-        location.endpoint, BearerToken(credential), ssl_context=context, on_request=counters.count_request
-    )
+        location.endpoint, BearerToken(credential), ssl_context=context, on_request=counters.count_request,
+        connection_factory=connection_factory,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -134,6 +139,8 @@ def _session(
     environ: Mapping[str, str] | None,
     progress: ProgressArg,
     direction: Literal["download", "upload"],
+    *,
+    connection_factory: ConnectionFactory | None = None,
 ) -> Iterator[tuple[BlobLocation, BlobRestClient, Counters, Progress]]:
     """Resolve ``uri`` with the credential, and hold a client and a progress reporter for one transfer call."""
     env = JobEnvironment.from_environ(environ)
@@ -141,7 +148,7 @@ def _session(
     location = resolve(uri, credential=credential, environ=environ)
     counters = Counters()
     reporter = Progress(progress, direction)
-    client = _client(location, credential, env, counters)
+    client = _client(location, credential, env, counters, connection_factory)
     try:
         yield location, client, counters, reporter
     finally:
@@ -184,6 +191,7 @@ def download(
     once_per_node: bool = False,
     progress: ProgressArg = None,
     environ: Mapping[str, str] | None = None,
+    connection_factory: ConnectionFactory | None = None,
 ) -> TransferResult:
     """Download a blob or a folder (prefix) to ``dest``.
 
@@ -202,6 +210,8 @@ def download(
         progress: ``None`` shows a bar when stderr is a terminal; ``True``/``False`` forces it; a callable
             is called as ``progress(bytes_done, bytes_total)``.
         environ: The environment to read (``os.environ`` when omitted).
+        connection_factory: Opens storage connections, ``(host, port, ssl_context) -> HTTPConnection``
+            (``http.client.HTTPSConnection`` by default): swaps the HTTP layer without patching anything.
 
     Returns:
         What was transferred and skipped.
@@ -228,6 +238,7 @@ def download(
             progress=progress,
             environ=environ,
             started=started,
+            connection_factory=connection_factory,
         )
 
     if once_per_node:
@@ -245,8 +256,10 @@ def _download(
     progress: ProgressArg,
     environ: Mapping[str, str] | None,
     started: float,
+    connection_factory: ConnectionFactory | None,
 ) -> TransferResult:
-    with _session(uri, credential, environ, progress, "download") as (location, client, counters, reporter):
+    session = _session(uri, credential, environ, progress, "download", connection_factory=connection_factory)
+    with session as (location, client, counters, reporter):
         target = run_download(
             location, dest, client=client, workers=workers, resume=resume, counters=counters, progress=reporter
         )
@@ -315,6 +328,7 @@ def upload(
     progress: ProgressArg = None,
     environ: Mapping[str, str] | None = None,
     exclude: frozenset[str] = frozenset(),
+    connection_factory: ConnectionFactory | None = None,
 ) -> TransferResult:
     """Upload a file or a folder to ``uri``.
 
@@ -331,6 +345,7 @@ def upload(
         progress: As for :func:`download`.
         environ: The environment to read (``os.environ`` when omitted).
         exclude: Absolute paths of files to leave out.
+        connection_factory: As for :func:`download`.
 
     Returns:
         What was transferred and skipped.
@@ -343,7 +358,8 @@ def upload(
     """
     started = time.monotonic()
     workers = _workers(max_concurrency)
-    with _session(uri, credential, environ, progress, "upload") as (location, client, counters, reporter):
+    session = _session(uri, credential, environ, progress, "upload", connection_factory=connection_factory)
+    with session as (location, client, counters, reporter):
         target, changed = run_upload(
             os.fspath(src), location, client=client, workers=workers, overwrite=overwrite, counters=counters,
             progress=reporter, exclude=exclude,

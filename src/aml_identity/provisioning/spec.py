@@ -10,7 +10,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 from aml_identity.errors import ConfigurationError
 
@@ -23,11 +23,13 @@ __all__ = [
     "ClusterSpec",
     "Drift",
     "Identity",
+    "ProvisioningConfiguration",
     "ProvisioningWarning",
     "SystemAssigned",
     "UserAssigned",
     "check_scale",
     "identity_from_arm",
+    "identity_from_v1",
     "provisioning_configuration",
     "scale_warnings",
 ]
@@ -52,6 +54,9 @@ _SUBNET_ID = re.compile(
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$", re.IGNORECASE)
 _PRIORITIES = {"dedicated": "Dedicated", "lowpriority": "LowPriority"}
 _REMOTE_LOGIN = {"enabled": "Enabled", "disabled": "Disabled", "notspecified": "NotSpecified"}
+# The name a nameless configuration is validated under (provisioning_configuration() without name=); it never
+# reaches ARM: ProvisioningConfiguration.named() gives the real one.
+_UNNAMED = "unnamed-cluster"
 _UAI_EXAMPLE = (
     "/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>"
 )
@@ -426,8 +431,13 @@ def _priority(value: object) -> Literal["dedicated", "lowpriority"]:
     return "dedicated" if key == "dedicated" else "lowpriority"
 
 
-def _identity_v1(identity_type: str | None, identity_id: str | Sequence[str] | None) -> Identity | None:
-    """The identity of v1's ``identity_type``/``identity_id`` keywords."""
+def identity_from_v1(identity_type: str | None, identity_id: str | Sequence[str] | None) -> Identity | None:
+    """The identity of SDK v1's ``identity_type``/``identity_id`` keywords (None for neither).
+
+    Raises:
+        ConfigurationError: The combination is invalid (ids without ``"UserAssigned"``, ``"UserAssigned"``
+            without ids, an unknown type, or an id that is not a user-assigned identity resource id).
+    """
     identity: Identity | None = None
     if identity_type is None:
         if identity_id:
@@ -455,9 +465,106 @@ def _identity_v1(identity_type: str | None, identity_id: str | Sequence[str] | N
     return identity
 
 
+@dataclass(frozen=True)
+class ProvisioningConfiguration:
+    """A cluster's settings without its name, validated: :func:`provisioning_configuration` without ``name``.
+
+    SDK v1 took the name at ``ComputeTarget.create(workspace, name, configuration)``; give it here with
+    :meth:`named`, which returns the :class:`ClusterSpec` (``ws.clusters.ensure(config.named("cpu"))``).
+    The fields are those of :class:`ClusterSpec`, already checked and in their canonical form.
+    """
+
+    vm_size: str
+    max_nodes: int
+    min_nodes: int = 0
+    vm_priority: Literal["dedicated", "lowpriority"] = "dedicated"
+    idle_seconds_before_scaledown: int = DEFAULT_IDLE_SECONDS
+    identity: SystemAssigned | UserAssigned | None = None
+    location: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict, hash=False)
+    description: str | None = None
+    remote_login_port_public_access: str = "NotSpecified"
+    subnet: str | None = None
+    enable_node_public_ip: bool = True
+
+    def __post_init__(self) -> None:
+        """Validate every field as :class:`ClusterSpec` does, and keep the canonical forms it gives them."""
+        spec = self.named(_UNNAMED)
+        for item in dataclasses.fields(self):
+            object.__setattr__(self, item.name, getattr(spec, item.name))
+
+    @classmethod
+    def from_spec(cls, spec: ClusterSpec) -> ProvisioningConfiguration:
+        """The settings of ``spec`` without its name."""
+        values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "name"}
+        return cls(**values)
+
+    def named(self, name: str) -> ClusterSpec:
+        """Return the :class:`ClusterSpec` of these settings named ``name``.
+
+        Raises:
+            ConfigurationError: The name is invalid or reserved.
+        """
+        return ClusterSpec(name=name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    def warnings(self) -> list[str]:
+        """Return what is worth knowing before creating such a cluster (cost, scale limits)."""
+        return scale_warnings(self.min_nodes, self.max_nodes)
+
+
+@overload
 def provisioning_configuration(
     *,
     name: str,
+    vm_size: str = ...,
+    vm_priority: str = ...,
+    min_nodes: int | None = ...,
+    max_nodes: int | None = ...,
+    idle_seconds_before_scaledown: int | None = ...,
+    vnet_resourcegroup_name: str | None = ...,
+    vnet_name: str | None = ...,
+    subnet_name: str | None = ...,
+    tags: Mapping[str, str] | None = ...,
+    description: str | None = ...,
+    remote_login_port_public_access: str = ...,
+    identity_type: str | None = ...,
+    identity_id: str | Sequence[str] | None = ...,
+    location: str | None = ...,
+    enable_node_public_ip: bool = ...,
+    admin_username: str | None = ...,
+    admin_user_password: str | None = ...,
+    admin_user_ssh_key: str | None = ...,
+) -> ClusterSpec: ...
+
+
+@overload
+def provisioning_configuration(
+    *,
+    name: None = ...,
+    vm_size: str = ...,
+    vm_priority: str = ...,
+    min_nodes: int | None = ...,
+    max_nodes: int | None = ...,
+    idle_seconds_before_scaledown: int | None = ...,
+    vnet_resourcegroup_name: str | None = ...,
+    vnet_name: str | None = ...,
+    subnet_name: str | None = ...,
+    tags: Mapping[str, str] | None = ...,
+    description: str | None = ...,
+    remote_login_port_public_access: str = ...,
+    identity_type: str | None = ...,
+    identity_id: str | Sequence[str] | None = ...,
+    location: str | None = ...,
+    enable_node_public_ip: bool = ...,
+    admin_username: str | None = ...,
+    admin_user_password: str | None = ...,
+    admin_user_ssh_key: str | None = ...,
+) -> ProvisioningConfiguration: ...
+
+
+def provisioning_configuration(
+    *,
+    name: str | None = None,
     vm_size: str = "",
     vm_priority: str = "dedicated",
     min_nodes: int | None = 0,
@@ -476,13 +583,19 @@ def provisioning_configuration(
     admin_username: str | None = None,
     admin_user_password: str | None = None,
     admin_user_ssh_key: str | None = None,
-) -> ClusterSpec:
+) -> ClusterSpec | ProvisioningConfiguration:
     """Build a :class:`ClusterSpec` from Azure ML SDK v1 ``AmlCompute.provisioning_configuration`` keywords.
 
-    ``name`` is added (v1 took it at ``ComputeTarget.create``). ``identity_type`` is ``"SystemAssigned"`` or
+    ``name`` is optional, as v1 took it at ``ComputeTarget.create``: without it the result is a
+    :class:`ProvisioningConfiguration` (``.named(name)`` gives the spec), validated all the same, with the same
+    errors. SSH users (``admin_username``, ``admin_user_password``, ``admin_user_ssh_key``) are refused with
+    the alternative. ``identity_type`` is ``"SystemAssigned"`` or
     ``"UserAssigned"`` (any casing); ``identity_id`` is one user-assigned identity id or a list of them, only
     with ``"UserAssigned"``. A virtual network is given by ``vnet_resourcegroup_name``, ``vnet_name`` and
     ``subnet_name`` together (in the workspace's subscription).
+
+    Returns:
+        The :class:`ClusterSpec` when ``name`` is given, else the :class:`ProvisioningConfiguration`.
 
     Raises:
         ConfigurationError: A value is invalid; the message names it and the fix.
@@ -494,7 +607,7 @@ def provisioning_configuration(
             "create the cluster with the Azure ML SDK or CLI if it needs one, then manage its identity here."
         )
         raise ConfigurationError(msg, name="admin_username")
-    identity = _identity_v1(identity_type, identity_id)
+    identity = identity_from_v1(identity_type, identity_id)
     vnet = (vnet_resourcegroup_name, vnet_name, subnet_name)
     subnet = None
     if any(vnet):
@@ -511,8 +624,8 @@ def provisioning_configuration(
     if max_nodes is None:
         msg = "max_nodes is required: the most nodes the cluster may scale to (for example max_nodes=4)."
         raise ConfigurationError(msg, name="max_nodes")
-    return ClusterSpec(
-        name=name,
+    spec = ClusterSpec(
+        name=_UNNAMED if name is None else name,
         vm_size=vm_size,
         max_nodes=max_nodes,
         min_nodes=min_nodes or 0,
@@ -528,3 +641,4 @@ def provisioning_configuration(
         subnet=subnet,
         enable_node_public_ip=enable_node_public_ip,
     )
+    return spec if name is not None else ProvisioningConfiguration.from_spec(spec)

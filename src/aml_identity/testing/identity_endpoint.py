@@ -28,23 +28,21 @@ from __future__ import annotations
 
 import logging
 import secrets
-import select
-import socket
-import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from aml_identity._environment import is_guid
-from aml_identity.errors import AmlIdentityError, ConfigurationError, redact
+from aml_identity.errors import AmlIdentityError, ConfigurationError
 from aml_identity.testing._faults import Fault, FaultKind, FaultScript
-from aml_identity.testing._http import BackgroundServer, LoopbackHandler, LoopbackServer, RequestLog
+from aml_identity.testing._http import BackgroundServer, RequestLog
 from aml_identity.testing._identities import DEFAULT_SUBSCRIPTION_ID, EmulatedIdentity
+from aml_identity.testing._identity_http import TokenHandler, TokenServer
 from aml_identity.testing._jwt import DEFAULT_TENANT_ID
 from aml_identity.testing._mi_protocols import (
     APP_SERVICE_TOKEN_PATH,
@@ -89,9 +87,6 @@ IMDS_REQUESTS_PER_SECOND = 20
 IMDS_MAX_CONCURRENT = 5
 # requests_per_second counts the requests admitted in the last second (a sliding window).
 _RATE_WINDOW_S = 1.0
-# An idle keep-alive connection is closed after this long (clients reconnect transparently), so a client
-# that never closes its session cannot pin a server thread for the life of the process.
-_IDLE_CONNECTION_TIMEOUT_S = 60.0
 _MASK = "****"
 # Request headers and query parameters whose values are secrets: recorded and logged as "****".
 _SECRET_HEADERS = frozenset({"secret", "x-identity-header", "authorization"})
@@ -332,8 +327,8 @@ class IdentityEndpoint(BackgroundServer):
         _LOGGER.debug("identity endpoint listening on %s", self.url)
         return self
 
-    def _make_server(self) -> _Server:
-        return _Server(self)
+    def _make_server(self) -> TokenServer:
+        return TokenServer(self)
 
     def _before_stop(self) -> None:
         """Release hung requests before the connections close."""
@@ -488,7 +483,7 @@ class IdentityEndpoint(BackgroundServer):
         )
         return answer(protocol, params, headers, identities=self.identities, secret=self._secret, settings=settings)
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: TokenHandler) -> None:
         split = urlsplit(handler.path)
         handler.drain_body()
         protocol = protocol_for_path(split.path, self._aml_path)
@@ -527,7 +522,7 @@ class IdentityEndpoint(BackgroundServer):
 
     def _serve_admitted(
         self,
-        handler: _Handler,
+        handler: TokenHandler,
         protocol: Protocol,
         params: Mapping[str, str],
         headers: Mapping[str, str],
@@ -562,7 +557,7 @@ class IdentityEndpoint(BackgroundServer):
 
     def _finish(
         self,
-        handler: _Handler,
+        handler: TokenHandler,
         record: RecordedTokenRequest,
         reply: Reply,
         *,
@@ -585,70 +580,3 @@ class IdentityEndpoint(BackgroundServer):
 
 def _answered(record: RecordedTokenRequest, reply: Reply) -> RecordedTokenRequest:
     return replace(record, status=reply.status, identity=reply.identity, user_token=reply.user_token)
-
-
-class _Handler(LoopbackHandler):
-    """One connection: every method routed to :meth:`IdentityEndpoint._serve`."""
-
-    server_version = "aml-identity-emulator"
-    timeout = _IDLE_CONNECTION_TIMEOUT_S
-    server: _Server
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.server.endpoint._serve(self)  # noqa: SLF001 - the handler is the endpoint's own
-
-    # Other methods reach the same code, which answers 405 on a token path (as IMDS's spec lists).
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET  # noqa: N815 - http.server's naming
-
-    def drain_body(self) -> None:
-        """Read and drop a request body, so the next request on this connection starts where it should."""
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > 0:
-            self.rfile.read(length)
-
-    def send_reply(self, reply: Reply) -> None:
-        """Write ``reply``; a client that has gone away only ends this connection."""
-        try:
-            self.send_response(reply.status)
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
-            for name, value in reply.headers:
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(reply.body)
-            self.wfile.flush()
-        except OSError:
-            self.close_connection = True
-
-    def reset_connection(self) -> None:
-        """Abort the connection with a TCP RST: ``SO_LINGER`` on with 0 s, then close without a shutdown."""
-        self.close_connection = True
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.rfile.close()  # drop the makefile reference so close() below really closes the descriptor
-        self.wfile.close()
-        self.connection.close()
-
-    def peer_closed(self) -> bool:
-        """Return whether the client has hung up (EOF or reset waiting on the socket)."""
-        try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            if not readable:
-                return False
-            return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
-        except OSError:
-            return True
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        _LOGGER.debug("identity endpoint %s: %s", self.address_string(), redact(format % args, self.server.secret))
-
-
-class _Server(LoopbackServer):
-    """The endpoint's HTTP server (plain HTTP on loopback, as the platforms' endpoints are)."""
-
-    def __init__(self, endpoint: IdentityEndpoint) -> None:
-        self.endpoint = endpoint
-        self.secret = endpoint.secret
-        super().__init__(_Handler, name="aml-identity-endpoint")

@@ -17,26 +17,41 @@ available in any test suite:
 
 Pass ``--aml-loopback-guard`` (or set ``aml_loopback_guard = true`` in the ini file) to turn the guard on for
 every test of the session.
+
+The plugin loads with no extra dependency (pytest imports it in every project where aml-identity is installed,
+with or without ``[testing]``): its module imports only pytest, and each fixture imports what it needs when a
+test asks for it. A test that asks for one without the extra fails with a message naming
+``pip install 'aml-identity[testing]'``; other tests are not affected.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from aml_identity.testing import _guard
-from aml_identity.testing._tls import TlsMaterial, make_tls_material
-from aml_identity.testing.azurite import Azurite
-from aml_identity.testing.identity_endpoint import IdentityEndpoint
-
 if TYPE_CHECKING:
-    from aml_identity.testing.arm import ArmEmulator
-    from aml_identity.testing.storage_proxy import StorageAuthProxy
+    from aml_identity.testing import ArmEmulator, Azurite, IdentityEndpoint, StorageAuthProxy, TlsMaterial
 
 __all__ = ["aml_tls", "arm_emulator", "azurite", "identity_endpoint", "loopback_guard", "storage_auth_proxy"]
+
+
+def _testing(name: str) -> Any:
+    """Import ``name`` from :mod:`aml_identity.testing`; without the extra, fail the asking test with the fix."""
+    from aml_identity.errors import MissingExtraError  # noqa: PLC0415 - keep the plugin's import free
+
+    try:
+        return getattr(importlib.import_module("aml_identity.testing"), name)
+    except MissingExtraError as exc:
+        message = f"aml-identity pytest plugin: {exc}"
+    pytest.fail(message, pytrace=False)  # outside the except: one line, no chain of import errors
+
+
+def _guard() -> Any:
+    return importlib.import_module("aml_identity.testing._guard")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,31 +68,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Turn the loopback guard on for the session when asked to."""
     if config.getoption("--aml-loopback-guard") or config.getini("aml_loopback_guard"):
-        _guard.install()
+        _guard().install()
 
 
 @pytest.fixture
 def loopback_guard() -> Iterator[None]:
     """Refuse connections off loopback during the test (and restore the previous state after)."""
-    was_enabled = _guard.is_enabled()
-    _guard.install()
+    guard = _guard()
+    was_enabled = guard.is_enabled()
+    guard.install()
     try:
         yield
     finally:
         if not was_enabled:
-            _guard.disable()
+            guard.disable()
 
 
 @pytest.fixture(scope="session")
 def aml_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
     """A self-signed certificate for the emulators, shared by the session."""
-    return make_tls_material(Path(tmp_path_factory.mktemp("aml-tls")))
+    make_tls_material = _testing("make_tls_material")
+    tls: TlsMaterial = make_tls_material(Path(tmp_path_factory.mktemp("aml-tls")))
+    return tls
 
 
 @pytest.fixture(scope="session")
 def azurite(aml_tls: TlsMaterial, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     """Azurite over HTTPS with ``--oauth basic``, shared by the session."""
-    with Azurite(workdir=Path(tmp_path_factory.mktemp("azurite")), tls=aml_tls) as server:
+    with _testing("Azurite")(workdir=Path(tmp_path_factory.mktemp("azurite")), tls=aml_tls) as server:
         yield server
 
 
@@ -88,7 +106,7 @@ def identity_endpoint() -> Iterator[IdentityEndpoint]:
     Point clients at it with ``monkeypatch.setenv`` over ``identity_endpoint.azureml_environ()`` (or
     ``imds_environ()`` / ``app_service_environ()``). Requests a test left hanging are released first.
     """
-    with IdentityEndpoint() as endpoint:
+    with _testing("IdentityEndpoint")() as endpoint:
         try:
             yield endpoint
         finally:
@@ -98,17 +116,13 @@ def identity_endpoint() -> Iterator[IdentityEndpoint]:
 @pytest.fixture
 def arm_emulator(aml_tls: TlsMaterial) -> Iterator[ArmEmulator]:
     """An Azure Resource Manager emulator for one test, on the session's certificate."""
-    from aml_identity.testing.arm import ArmEmulator  # noqa: PLC0415 - loads jsonschema only when used
-
-    with ArmEmulator(tls=aml_tls) as emulator:
+    with _testing("ArmEmulator")(tls=aml_tls) as emulator:
         yield emulator
 
 
 @pytest.fixture
 def storage_auth_proxy(azurite: Azurite, arm_emulator: ArmEmulator) -> Iterator[StorageAuthProxy]:
     """Azurite behind Azure's data-plane role checks, driven by the ARM emulator's role assignments."""
-    from aml_identity.testing.storage_proxy import StorageAuthProxy  # noqa: PLC0415 - only when used
-
     upstream = f"https://127.0.0.1:{azurite.port}"
-    with StorageAuthProxy(upstream, authorizer=arm_emulator.has_data_role, tls=azurite.tls) as proxy:
+    with _testing("StorageAuthProxy")(upstream, authorizer=arm_emulator.has_data_role, tls=azurite.tls) as proxy:
         yield proxy

@@ -233,9 +233,13 @@ class TestComputeRules:
         assert errors[0].path == "$.properties.properties.scaleSettings"
 
     def test_wrong_api_version(self, arm, ws):
-        response = _send(_client(arm), "GET", f"{ws}/computes", api="2023-08-01-preview")
+        response = _send(_client(arm), "GET", f"{ws}/computes", api="2019-05-01")
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "InvalidApiVersionParameter"
+        assert (
+            "The api-version '2019-05-01' is invalid. The supported versions are '2025-12-01,"
+            in (response.json()["error"]["message"])
+        )
 
     def test_one_node_must_fit_the_quota(self, arm, ws):
         arm.set_quota("eastus", family="standardDSv2Family", limit=2)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from aml_identity.testing.arm._api import RecordedArmRequest
 from aml_identity.testing.arm._emulator import ArmEmulator, SpecViolationError
-from aml_identity.testing.arm._openapi import ArmSpecs, SpecError, SpecsNotFoundError, find_specs_dir
-from aml_identity.testing.arm._state import VmSize
+from aml_identity.testing.arm._openapi import ArmSpecs, SpecFinding, SpecsNotFoundError, find_specs_dir
+from aml_identity.testing.arm._vm_sizes import DEFAULT_VM_SIZES, VmSize
 
 __all__ = [
+    "DEFAULT_VM_SIZES",
     "ArmEmulator",
     "ArmSpecs",
     "RecordedArmRequest",
-    "SpecError",
+    "SpecFinding",
     "SpecViolationError",
     "SpecsNotFoundError",
     "VmSize",

@@ -12,9 +12,9 @@ from urllib.parse import quote, unquote
 
 import jwt
 
-from aml_identity._environment import is_guid
+from aml_identity.testing.arm._authorization import AuthorizationHandlers
 from aml_identity.testing.arm._http import Request, Response
-from aml_identity.testing.arm._ids import ArmId, covers, role_definition_guid, workspace_id
+from aml_identity.testing.arm._ids import workspace_id
 from aml_identity.testing.arm._state import (
     CREATE_SECONDS,
     DELETE_SECONDS,
@@ -27,9 +27,9 @@ from aml_identity.testing.arm._state import (
 )
 
 if TYPE_CHECKING:
-    from aml_identity.testing.arm._openapi import ArmSpecs, SpecError
+    from aml_identity.testing.arm._openapi import ArmSpecs, SpecFinding
 
-__all__ = ["ARM_AUDIENCES", "ArmApi", "RecordedArmRequest"]
+__all__ = ["API_VERSIONS", "ARM_AUDIENCES", "SPEC_API_VERSIONS", "ArmApi", "RecordedArmRequest"]
 
 # The audiences ARM accepts for a management token.
 ARM_AUDIENCES = frozenset(
@@ -49,12 +49,31 @@ _COMPUTE_TYPES = (
     "AKS", "Kubernetes", "AmlCompute", "ComputeInstance", "DataFactory", "VirtualMachine", "HDInsight",
     "Databricks", "DataLakeAnalytics", "SynapseSpark",
 )  # fmt: skip
-_API = {
+# The api-version of the official spec each resource type is validated against.
+SPEC_API_VERSIONS: Mapping[str, str] = {
     "ml": "2025-12-01",
     "authorization": "2022-04-01",
     "locks": "2020-05-01",
     "msi": "2026-05-31",
 }
+# Every api-version each resource type answers at, newest first. Real ARM serves every published version of a
+# resource type; the emulator serves its spec's, and for Microsoft.MachineLearningServices also those the
+# current official SDKs send, with bodies of the same shape (validated against the spec's):
+#   azure-mgmt-machinelearningservices 1.0.1: 2020-08-01, its only version and its client's default;
+#   azure-ai-ml 1.35.2: 2023-08-01-preview for computes (and the workspace GET that finds their location),
+#   and the versions its other MLClient service clients are pinned to.
+# tests/testing/arm/test_sdk_api_versions.py reads these from the installed packages and checks the list.
+API_VERSIONS: Mapping[str, tuple[str, ...]] = {
+    "ml": (
+        "2025-12-01", "2025-01-01-preview", "2024-10-01-preview", "2024-04-01-preview", "2024-01-01-preview",
+        "2023-10-01", "2023-08-01-preview", "2023-06-01-preview", "2023-04-01-preview", "2023-04-01",
+        "2023-02-01-preview", "2022-10-01-preview", "2022-10-01", "2022-05-01", "2022-02-01-preview",
+        "2020-08-01",
+    ),
+    "authorization": ("2022-04-01",),
+    "locks": ("2020-05-01",),
+    "msi": ("2026-05-31",),
+}  # fmt: skip
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _WS = _SUB + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)"
@@ -113,7 +132,7 @@ def _arm_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%m/%d/%Y %H:%M:%S")
 
 
-class ArmApi:
+class ArmApi(AuthorizationHandlers):
     """Answers ARM requests from an :class:`ArmState`, validating bodies against the specs."""
 
     def __init__(
@@ -136,7 +155,7 @@ class ArmApi:
         self._seconds_per_request = seconds_per_request
         self.page_size = page_size
         self.requests: list[RecordedArmRequest] = []
-        self.rejected: list[tuple[RecordedArmRequest, list[SpecError]]] = []
+        self.rejected: list[tuple[RecordedArmRequest, list[SpecFinding]]] = []
         self.spec_violations: list[str] = []
         self._routes = self._build_routes()
 
@@ -228,12 +247,12 @@ class ArmApi:
         )
         return response
 
-    def _reject(self, request: Request, path: str, body: Any, route: _Route, errors: list[SpecError]) -> None:
+    def _reject(self, request: Request, path: str, body: Any, route: _Route, errors: list[SpecFinding]) -> None:
         recorded = RecordedArmRequest(request.method, path, dict(request.query), body, 400, route.operation_id)
         self.rejected.append((recorded, errors))
 
     @staticmethod
-    def _invalid(operation_id: str, errors: list[SpecError]) -> ArmError:
+    def _invalid(operation_id: str, errors: list[SpecFinding]) -> ArmError:
         listed = "; ".join(str(e) for e in errors[:_MAX_LISTED_ERRORS])
         more = f" (and {len(errors) - _MAX_LISTED_ERRORS} more)" if len(errors) > _MAX_LISTED_ERRORS else ""
         return ArmError(
@@ -248,7 +267,7 @@ class ArmApi:
         if errors:
             self._violation(f"{operation_id} {response.status}", errors, response)
 
-    def _violation(self, what: str, errors: list[SpecError], response: Response) -> None:
+    def _violation(self, what: str, errors: list[SpecFinding], response: Response) -> None:
         text = f"the emulator's {what} response does not match the spec: " + "; ".join(map(str, errors))
         self.spec_violations.append(text)
         response.status, response.headers = 500, {}
@@ -274,20 +293,19 @@ class ArmApi:
         if route.api is None:
             return
         version = request.param("api-version")
-        wanted = _API[route.api]
         if not version:
             raise ArmError(
                 400,
                 "MissingApiVersionParameter",
-                "The api-version query parameter (?api-version=) is required.",
+                "The api-version query parameter (?api-version=) is required for all requests.",
             )
-        if version != wanted:
+        supported = API_VERSIONS[route.api]
+        if version.lower() not in supported:
+            # ARM's own answer, word for word: the versions it lists are the ones to use.
             raise ArmError(
                 400,
                 "InvalidApiVersionParameter",
-                f"The api-version '{version}' is not modelled by the aml-identity ARM emulator for this "
-                f"resource type; it serves '{wanted}', the version of the official spec it validates "
-                "against.",
+                f"The api-version '{version}' is invalid. The supported versions are '{','.join(supported)}'.",
             )
 
     def _authenticate(self, request: Request) -> None:
@@ -324,17 +342,21 @@ class ArmApi:
     def _unauthorized(self, code: str, message: str) -> None:
         raise _UnauthorizedError(code, message, self.state.tenant_id)
 
-    def _async_headers(self, op_id: str, subscription: str, location: str, *, with_location: bool) -> dict[str, str]:
+    def _async_headers(
+        self, request: Request, op_id: str, subscription: str, location: str, *, with_location: bool
+    ) -> dict[str, str]:
+        # The status URLs carry the api-version the client used, as ARM's do.
+        version = request.param("api-version") or SPEC_API_VERSIONS["ml"]
         base = (
             f"{self._endpoint()}/subscriptions/{subscription}/providers/Microsoft.MachineLearningServices/"
             f"locations/{location}"
         )
         headers = {
-            "Azure-AsyncOperation": f"{base}/computeOperationsStatus/{op_id}?api-version={_API['ml']}",
+            "Azure-AsyncOperation": f"{base}/computeOperationsStatus/{op_id}?api-version={version}",
             "Retry-After": _retry_after_text(self.retry_after),
         }
         if with_location:
-            headers["Location"] = f"{base}/computeOperationsResults/{op_id}?api-version={_API['ml']}"
+            headers["Location"] = f"{base}/computeOperationsResults/{op_id}?api-version={version}"
         return headers
 
     # --- workspaces, computes -----------------------------------------------------------------------------
@@ -411,7 +433,7 @@ class ArmApi:
         else:
             op = self.state.begin(compute, "Updating", UPDATE_SECONDS, "update")
             status = 200
-        headers = self._async_headers(op.id, op.subscription, op.location, with_location=False)
+        headers = self._async_headers(request, op.id, op.subscription, op.location, with_location=False)
         return Response(status, self.state.compute_body(compute), headers)
 
     def _patch_compute(self, request: Request, p: Mapping[str, str]) -> Response:
@@ -434,7 +456,7 @@ class ArmApi:
             return Response(200, self.state.compute_body(compute))
         compute.props["scaleSettings"] = merged
         op = self.state.begin(compute, "Updating", UPDATE_SECONDS, "scale")
-        headers = self._async_headers(op.id, op.subscription, op.location, with_location=False)
+        headers = self._async_headers(request, op.id, op.subscription, op.location, with_location=False)
         return Response(200, self.state.compute_body(compute), headers)
 
     def _delete_compute(self, request: Request, p: Mapping[str, str]) -> Response:
@@ -459,7 +481,9 @@ class ArmApi:
         if compute.busy_until is not None:
             raise _busy(compute)
         op = self.state.begin(compute, "Deleting", DELETE_SECONDS, "delete")
-        return Response(202, None, self._async_headers(op.id, op.subscription, op.location, with_location=True))
+        return Response(
+            202, None, self._async_headers(request, op.id, op.subscription, op.location, with_location=True)
+        )
 
     def _operation(self, p: Mapping[str, str]) -> Any:
         self.state.evolve_all()
@@ -573,146 +597,6 @@ class ArmApi:
             )
         return Response(200, store)
 
-    # --- role assignments --------------------------------------------------------------------------------
-
-    def _scope(self, p: Mapping[str, str]) -> str:
-        scope = p["scope"].rstrip("/")
-        parsed = ArmId.parse(scope)
-        if parsed is None:
-            raise ArmError(
-                400, "InvalidScope", f"'{scope}' is not a valid scope (a subscription, group or resource id)."
-            )
-        kind = parsed.type.lower()
-        unknown_account = (
-            kind.startswith("microsoft.storage/storageaccounts")
-            and parsed.names[0].lower() not in self.state.storage_accounts
-        )
-        unknown_registry = (
-            kind == "microsoft.containerregistry/registries" and scope.lower() not in self.state.registries
-        )
-        if unknown_account or unknown_registry:
-            raise _not_found(parsed, scope)
-        return scope
-
-    def _list_role_assignments(self, request: Request, p: Mapping[str, str]) -> Response:
-        scope = self._scope(p)
-        query = (request.param("$filter") or "").strip()
-        at_scope = "atscope()" in query.lower()
-        principal = re.search(r"(?:principalId\s+eq\s+|assignedTo\()'([^']+)'", query, re.IGNORECASE)
-        found = []
-        for assignment in self.state.role_assignments.values():
-            own = assignment["properties"]["scope"]
-            if not (covers(own, scope) or (not at_scope and covers(scope, own))):
-                continue
-            if principal and assignment["properties"]["principalId"].lower() != principal.group(1).lower():
-                continue
-            found.append(assignment)
-        return self._page(request, found)
-
-    def _get_role_assignment(self, _request: Request, p: Mapping[str, str]) -> Response:
-        scope = self._scope(p)
-        key = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{p['name']}".lower()
-        assignment = self.state.role_assignments.get(key)
-        if assignment is None:
-            raise ArmError(404, "RoleAssignmentNotFound", f"The role assignment '{p['name']}' is not found.")
-        return Response(200, assignment)
-
-    def _put_role_assignment(self, request: Request, p: Mapping[str, str]) -> Response:
-        scope = self._scope(p)
-        name = p["name"]
-        if not is_guid(name):
-            raise ArmError(
-                400,
-                "InvalidRoleAssignmentId",
-                f"The role assignment ID '{name}' is not valid. The role assignment ID must be a GUID.",
-            )
-        props = (request.json() or {})["properties"]
-        role = props["roleDefinitionId"]
-        if role_definition_guid(role) is None:
-            raise ArmError(400, "InvalidRoleDefinitionId", f"The role definition ID '{role}' is not valid.")
-        principal = props["principalId"]
-        principal_type = _canonical(
-            props.get("principalType") or "User", ("User", "Group", "ServicePrincipal", "ForeignGroup")
-        )
-        if not props.get("principalType") and principal.lower() not in self.state.principals:
-            # With principalType set ARM skips the directory lookup (that is why setting it avoids replication
-            # delays); without it, an unknown principal is refused.
-            raise ArmError(
-                400,
-                "PrincipalNotFound",
-                f"Principal {principal} does not exist in the directory {self.state.tenant_id}. Check "
-                "that you have the correct principal ID.",
-            )
-        key = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}".lower()
-        existing = self.state.role_assignments.get(key)
-
-        def same(assignment: Mapping[str, Any]) -> bool:
-            other = assignment["properties"]
-            return bool(
-                other["principalId"].lower() == principal.lower()
-                and role_definition_guid(other["roleDefinitionId"]) == role_definition_guid(role)
-            )
-
-        if existing is not None:
-            if not same(existing):
-                raise ArmError(
-                    409,
-                    "RoleAssignmentUpdateNotPermitted",
-                    "Tenant ID, application ID, principal ID, and scope are not allowed to be updated.",
-                )
-            return Response(200, existing)
-        for other in self.state.role_assignments.values():
-            if other["properties"]["scope"].lower() == scope.lower() and same(other):
-                raise ArmError(
-                    409,
-                    "RoleAssignmentExists",
-                    f"The role assignment already exists. The ID of the existing role assignment is {other['name']}.",
-                )
-        return Response(201, self.state.add_role_assignment(scope, name, role, principal, principal_type))
-
-    def _delete_role_assignment(self, _request: Request, p: Mapping[str, str]) -> Response:
-        scope = self._scope(p)
-        key = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{p['name']}".lower()
-        assignment = self.state.role_assignments.pop(key, None)
-        return Response(200, assignment) if assignment is not None else Response(204)
-
-    # --- management locks --------------------------------------------------------------------------------
-
-    def _lock_scope(self, p: Mapping[str, str]) -> str:
-        scope = p["scope"].rstrip("/")
-        if ArmId.parse(scope) is None:
-            raise ArmError(400, "InvalidScope", f"'{scope}' is not a valid scope for a lock.")
-        return scope
-
-    def _list_locks(self, request: Request, p: Mapping[str, str]) -> Response:
-        scope = self._lock_scope(p)
-        at_scope = "atscope()" in (request.param("$filter") or "").lower()
-        found = [
-            self.state.lock_body(lock)
-            for lock in self.state.locks.values()
-            if (covers(lock["scope"], scope) if at_scope else covers(scope, lock["scope"]))
-        ]
-        return self._page(request, found)
-
-    def _get_lock(self, _request: Request, p: Mapping[str, str]) -> Response:
-        scope = self._lock_scope(p)
-        lock = self.state.locks.get(f"{scope}/providers/Microsoft.Authorization/locks/{p['name']}".lower())
-        if lock is None:
-            raise ArmError(404, "LockNotFound", f"The lock '{p['name']}' could not be found.")
-        return Response(200, self.state.lock_body(lock))
-
-    def _put_lock(self, request: Request, p: Mapping[str, str]) -> Response:
-        scope = self._lock_scope(p)
-        props = (request.json() or {})["properties"]
-        existed = f"{scope}/providers/Microsoft.Authorization/locks/{p['name']}".lower() in self.state.locks
-        lock = self.state.add_lock(scope, p["name"], props["level"], props.get("notes"))
-        return Response(200 if existed else 201, self.state.lock_body(lock))
-
-    def _delete_lock(self, _request: Request, p: Mapping[str, str]) -> Response:
-        scope = self._lock_scope(p)
-        lock = self.state.remove_lock(f"{scope}/providers/Microsoft.Authorization/locks/{p['name']}")
-        return Response(200 if lock is not None else 204)
-
 
 class _UnauthorizedError(ArmError):
     def __init__(self, code: str, message: str, tenant_id: str) -> None:
@@ -726,15 +610,6 @@ def _busy(compute: Compute) -> ArmError:
         "Conflict",
         f"The compute '{compute.name}' is busy with another operation (provisioningState "
         f"{compute.provisioning_state}); wait for it to finish and try again.",
-    )
-
-
-def _not_found(parsed: ArmId, scope: str) -> ArmError:
-    return ArmError(
-        404,
-        "ResourceNotFound",
-        f"The Resource '{parsed.type}/{parsed.names[0]}' under resource group '{parsed.resource_group}' was "
-        f"not found (scope {scope}).",
     )
 
 

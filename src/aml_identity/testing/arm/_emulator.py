@@ -27,8 +27,9 @@ from aml_identity.testing.arm._ids import (
     user_assigned_identity_id,
     workspace_id,
 )
-from aml_identity.testing.arm._openapi import ArmSpecs, SpecError
-from aml_identity.testing.arm._state import ArmState, Quota, VmSize, iso
+from aml_identity.testing.arm._openapi import ArmSpecs, SpecFinding
+from aml_identity.testing.arm._state import ArmState, Quota, iso
+from aml_identity.testing.arm._vm_sizes import DEFAULT_VM_SIZES, VmSize
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -177,6 +178,7 @@ class ArmEmulator(BackgroundServer):
         port: int = 0,
         environ: Mapping[str, str] | None = None,
         page_size: int | None = None,
+        vm_sizes: Iterable[VmSize] | None = None,
     ) -> None:
         """Configure the emulator and load the specs (the server starts with :meth:`start`).
 
@@ -194,9 +196,14 @@ class ArmEmulator(BackgroundServer):
             environ: Environment to read ``AML_IDENTITY_SPECS_DIR`` from (``os.environ`` by default).
             page_size: Split lists (computes, datastores, role assignments, locks) into pages of this many
                 items linked by ``nextLink``, as ARM does with long lists; one page when None.
+            vm_sizes: The VM sizes offered to AmlCompute in every location (``vmSizes`` lists them, a PUT of
+                another size is refused, and the quota counts their vCPUs per family);
+                :data:`DEFAULT_VM_SIZES`, the sizes Azure ML's documentation uses, when None.
+                :meth:`set_vm_sizes` replaces them for one location.
 
         Raises:
             SpecsNotFoundError: The specs are not found; the message says where it looked.
+            ConfigurationError: ``vm_sizes`` holds something other than a :class:`VmSize`, or one size twice.
         """
         from aml_identity.testing._jwt import DEFAULT_TENANT_ID  # noqa: PLC0415
 
@@ -205,7 +212,11 @@ class ArmEmulator(BackgroundServer):
         self._workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="aml-identity-arm-"))
         self.tls = tls or make_tls_material(self._workdir / "tls")
         self._clock: Callable[[], float] = clock or _ManualClock()
-        self._state = ArmState(self._clock, tenant_id=tenant_id or DEFAULT_TENANT_ID)
+        self._state = ArmState(
+            self._clock,
+            tenant_id=tenant_id or DEFAULT_TENANT_ID,
+            vm_sizes=_checked_sizes(DEFAULT_VM_SIZES if vm_sizes is None else vm_sizes),
+        )
         self._port = port
         self.sleeps: list[float] = []
         self._api = ArmApi(
@@ -295,7 +306,7 @@ class ArmEmulator(BackgroundServer):
         return list(self._api.requests)
 
     @property
-    def rejected_requests(self) -> list[tuple[RecordedArmRequest, list[SpecError]]]:
+    def rejected_requests(self) -> list[tuple[RecordedArmRequest, list[SpecFinding]]]:
         """Requests refused because their body did not match the spec, with the reasons."""
         return list(self._api.rejected)
 
@@ -522,9 +533,20 @@ class ArmEmulator(BackgroundServer):
         return str(record["id"])
 
     def set_vm_sizes(self, location: str, sizes: Iterable[VmSize]) -> None:
-        """Replace the VM sizes offered in ``location``."""
+        """Replace the VM sizes offered in ``location`` (the others keep the constructor's ``vm_sizes``).
+
+        Raises:
+            ConfigurationError: ``sizes`` holds something other than a :class:`VmSize`, or one size twice.
+        """
+        checked = _checked_sizes(sizes)
         with self._state.lock:
-            self._state.vm_sizes[location.lower()] = list(sizes)
+            self._state.vm_sizes[location.lower()] = checked
+
+    @property
+    def vm_sizes(self) -> tuple[VmSize, ...]:
+        """The VM sizes offered in locations without sizes of their own (:meth:`set_vm_sizes`)."""
+        with self._state.lock:
+            return tuple(self._state.default_sizes)
 
     def set_quota(
         self,
@@ -597,6 +619,19 @@ class ArmEmulator(BackgroundServer):
         """Show where it listens and the emulated time."""
         where = f"https://127.0.0.1:{self._server.port}" if self._server else "stopped"
         return f"ArmEmulator({where}, now={iso(self.now())})"
+
+
+def _checked_sizes(sizes: Iterable[VmSize]) -> list[VmSize]:
+    checked: list[VmSize] = []
+    entries: Iterable[object] = sizes  # checked at run time: callers may pass anything
+    for size in entries:
+        if not isinstance(size, VmSize):
+            msg = f"vm_sizes must hold VmSize(name, family, vcpus, ...) entries, not {size!r}."
+            raise ConfigurationError(msg, name="vm_sizes")
+        if any(other.name.lower() == size.name.lower() for other in checked):
+            raise ConfigurationError(f"vm_sizes lists {size.name!r} twice; keep one entry.", name="vm_sizes")
+        checked.append(size)
+    return checked
 
 
 def _role_guid(role: str) -> str:

@@ -28,28 +28,26 @@ import functools
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urldefrag, urljoin, urlsplit
 from urllib.request import url2pathname
 
 import referencing
-from jsonschema import Draft4Validator, FormatChecker, ValidationError
-from jsonschema.validators import extend
 
 from aml_identity.errors import AmlIdentityError
+from aml_identity.testing.arm._swagger import FORMATS, REQUEST_VALIDATOR, RESPONSE_VALIDATOR
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Iterator, Mapping
 
 __all__ = [
     "SPEC_ENTRY_FILES",
     "ArmSpecs",
     "Example",
     "Operation",
-    "SpecError",
+    "SpecFinding",
     "SpecsNotFoundError",
     "find_specs_dir",
 ]
@@ -77,11 +75,6 @@ _ENV_SPECS_DIR = "AML_IDENTITY_SPECS_DIR"
 # Suffix of the in-memory "base view" of a definition: what a derived model inherits through allOf.
 _BASE_VIEW = "__aml_base"
 _DEFINITION_REF = re.compile(r"^(?P<doc>[^#]*)#/definitions/(?P<name>[^/]+)$")
-_INT32 = (-(2**31), 2**31 - 1)
-_INT64 = (-(2**63), 2**63 - 1)
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-# ISO 8601 durations as ARM uses them (PT30M, PT1800S, P1DT2H...).
-_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
 _HTTP_METHODS = frozenset({"get", "put", "post", "patch", "delete", "head", "options"})
 
 
@@ -90,7 +83,7 @@ class SpecsNotFoundError(AmlIdentityError, FileNotFoundError):
 
 
 @dataclass(frozen=True)
-class SpecError:
+class SpecFinding:
     """One way a body does not match its schema.
 
     Attributes:
@@ -201,120 +194,6 @@ def _json_path(path: Iterator[Any] | Any) -> str:
 def _split_ref(base_uri: str, ref: str) -> tuple[str, str]:
     uri, fragment = urldefrag(urljoin(base_uri, ref))
     return uri, fragment
-
-
-# --- Swagger keywords on top of draft 4 ---------------------------------------------------------------
-
-_DRAFT4 = Draft4Validator.VALIDATORS
-
-
-def _nullable(keyword: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a keyword so that ``null`` passes wherever the schema says ``x-nullable: true``."""
-
-    @functools.wraps(keyword)
-    def check(validator: Any, value: Any, instance: Any, schema: Mapping[str, Any]) -> Any:
-        if instance is None and schema.get("x-nullable") is True:
-            return None
-        return keyword(validator, value, instance, schema)
-
-    return check
-
-
-def _enum(validator: Any, enums: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
-    extensible = bool((schema.get("x-ms-enum") or {}).get("modelAsString"))
-    if extensible and isinstance(instance, str):
-        if not any(isinstance(e, str) and e.lower() == instance.lower() for e in enums):
-            yield ValidationError(f"{instance!r} is not one of {list(enums)} (compared case-insensitively)")
-        return
-    yield from _DRAFT4["enum"](validator, enums, instance, schema) or ()
-
-
-def _required_in_request(
-    validator: Any, required: Any, instance: Any, schema: Mapping[str, Any]
-) -> Iterator[ValidationError]:
-    if not validator.is_type(instance, "object"):
-        return
-    properties = schema.get("properties") or {}
-    for name in required:
-        if name not in instance and not (properties.get(name) or {}).get("readOnly"):
-            yield ValidationError(f"{name!r} is a required property")
-
-
-def _dispatch(validator: Any, spec: Any, instance: Any, _schema: Mapping[str, Any]) -> Iterator[ValidationError]:
-    """Validate a polymorphic value against the subtype its discriminator names."""
-    prop = spec["property"]
-    value = instance.get(prop) if isinstance(instance, dict) else None
-    if not isinstance(value, str):
-        # Not an object, or no discriminator: the base reports the type or the missing property.
-        yield from validator.descend(instance, {"$ref": spec["base"]})
-        return
-    target = spec["choices"].get(value.lower())
-    if target is None:
-        yield ValidationError(f"{value!r} is not a known {prop}; expected one of {spec['values']}", path=(prop,))
-        return
-    yield from validator.descend(instance, {"$ref": target})
-
-
-def _closed(_validator: Any, allowed: Any, instance: Any, _schema: Mapping[str, Any]) -> Iterator[ValidationError]:
-    """``additionalProperties: false`` over the whole inherited model."""
-    if not isinstance(instance, dict):
-        return
-    extra = sorted(set(instance) - set(allowed))
-    if extra:
-        listed = ", ".join(repr(name) for name in extra)
-        yield ValidationError(
-            f"additional properties are not allowed ({listed} unexpected)",
-            path=(extra[0],) if len(extra) == 1 else (),
-        )
-
-
-def _format_checker() -> FormatChecker:
-    checker = FormatChecker(formats=())
-
-    def _int_range(low: int, high: int) -> Callable[[object], bool]:
-        def check(instance: object) -> bool:
-            return not isinstance(instance, int) or isinstance(instance, bool) or low <= instance <= high
-
-        return check
-
-    checker.checks("int32")(_int_range(*_INT32))
-    checker.checks("int64")(_int_range(*_INT64))
-
-    @checker.checks("uuid")
-    def _uuid(instance: object) -> bool:
-        return not isinstance(instance, str) or bool(_UUID.match(instance))
-
-    @checker.checks("date-time")
-    def _date_time(instance: object) -> bool:
-        if not isinstance(instance, str):
-            return True
-        try:
-            datetime.fromisoformat(instance.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            return False
-        return "T" in instance.upper()
-
-    @checker.checks("duration")
-    def _duration(instance: object) -> bool:
-        return not isinstance(instance, str) or bool(_DURATION.match(instance))
-
-    return checker
-
-
-def _validator_class(*, request: bool) -> Any:
-    keywords: dict[str, Callable[..., Any]] = dict(_DRAFT4)
-    keywords["enum"] = _enum
-    if request:
-        keywords["required"] = _required_in_request
-    keywords["x-aml-dispatch"] = _dispatch
-    keywords["x-aml-closed"] = _closed
-    # jsonschema's stubs leave extend() untyped; it returns a validator class.
-    return extend(Draft4Validator, {name: _nullable(fn) for name, fn in keywords.items()})  # type: ignore[no-untyped-call]
-
-
-_REQUEST_VALIDATOR = _validator_class(request=True)
-_RESPONSE_VALIDATOR = _validator_class(request=False)
-_FORMATS = _format_checker()
 
 
 # --- loading and transforming the documents -------------------------------------------------------------
@@ -602,13 +481,13 @@ class ArmSpecs:
             msg = f"no operation {operation_id!r} in the specs of {self.root}"
             raise KeyError(msg) from None
 
-    def _errors(self, ref: str, instance: Any, *, request: bool) -> list[SpecError]:
-        cls = _REQUEST_VALIDATOR if request else _RESPONSE_VALIDATOR
-        validator = cls({"$ref": ref}, registry=self._registry, format_checker=_FORMATS)
-        errors = [SpecError(_json_path(e.absolute_path), e.message) for e in validator.iter_errors(instance)]
+    def _errors(self, ref: str, instance: Any, *, request: bool) -> list[SpecFinding]:
+        cls = REQUEST_VALIDATOR if request else RESPONSE_VALIDATOR
+        validator = cls({"$ref": ref}, registry=self._registry, format_checker=FORMATS)
+        errors = [SpecFinding(_json_path(e.absolute_path), e.message) for e in validator.iter_errors(instance)]
         return sorted(set(errors), key=lambda e: (e.path, e.message))
 
-    def request_errors(self, operation_id: str, body: Any) -> list[SpecError]:
+    def request_errors(self, operation_id: str, body: Any) -> list[SpecFinding]:
         """Return how ``body`` fails the request schema of ``operation_id`` (empty when it validates).
 
         A body sent to an operation without a body parameter is an error, and so is a missing body for
@@ -616,32 +495,32 @@ class ArmSpecs:
         """
         op = self.operation(operation_id)
         if op.request_schema is None:
-            return [] if body is None else [SpecError("$", f"{operation_id} takes no request body")]
+            return [] if body is None else [SpecFinding("$", f"{operation_id} takes no request body")]
         if body is None:
-            return [SpecError("$", f"{operation_id} needs a JSON request body")]
+            return [SpecFinding("$", f"{operation_id} needs a JSON request body")]
         return self._errors(op.request_schema, body, request=True)
 
-    def response_errors(self, operation_id: str, status: int, body: Any) -> list[SpecError]:
+    def response_errors(self, operation_id: str, status: int, body: Any) -> list[SpecFinding]:
         """Return how a response of ``operation_id`` with ``status`` and ``body`` fails the spec."""
         op = self.operation(operation_id)
         key = str(status)
         if key not in op.responses:
             if 200 <= status < 300:  # noqa: PLR2004 - success statuses must be declared
-                return [SpecError("$", f"{operation_id} declares no {status} response ({sorted(op.responses)})")]
+                return [SpecFinding("$", f"{operation_id} declares no {status} response ({sorted(op.responses)})")]
             key = "default"
         ref = op.responses.get(key)
         if ref is None:
-            return [] if body in (None, b"", "") else [SpecError("$", f"a {status} of {operation_id} has no body")]
+            return [] if body in (None, b"", "") else [SpecFinding("$", f"a {status} of {operation_id} has no body")]
         if body is None:
-            return [SpecError("$", f"a {status} of {operation_id} needs a JSON body")]
+            return [SpecFinding("$", f"a {status} of {operation_id} needs a JSON body")]
         return self._errors(ref, body, request=False)
 
-    def schema_errors(self, ref: str, instance: Any, *, request: bool = False) -> list[SpecError]:
+    def schema_errors(self, ref: str, instance: Any, *, request: bool = False) -> list[SpecFinding]:
         """Validate against a definition named relative to the specs folder (``path.json#/definitions/X``)."""
         relative, _, fragment = ref.partition("#")
         return self._errors(f"{self._documents.uri(relative)}#{fragment}", instance, request=request)
 
-    def operation_status_errors(self, body: Any) -> list[SpecError]:
+    def operation_status_errors(self, body: Any) -> list[SpecFinding]:
         """Validate an ``Azure-AsyncOperation`` status body (common-types ``OperationStatusResult``)."""
         return self.schema_errors(_OPERATION_STATUS, body)
 

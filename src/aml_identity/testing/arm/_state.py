@@ -23,6 +23,7 @@ from aml_identity.testing.arm._ids import (
     role_definition_guid,
     storage_account_id,
 )
+from aml_identity.testing.arm._vm_sizes import DEFAULT_VM_SIZES, VmSize
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -64,45 +65,6 @@ class ArmError(Exception):
         if self.target:
             error["target"] = self.target
         return {"error": error}
-
-
-@dataclass(frozen=True)
-class VmSize:
-    """A VM size offered to AmlCompute in a location (what ``vmSizes`` lists)."""
-
-    name: str
-    family: str
-    vcpus: int
-    gpus: int = 0
-    memory_gb: float = 7.0
-    low_priority_capable: bool = True
-
-    def to_arm(self) -> dict[str, Any]:
-        """Return the spec's ``VirtualMachineSize`` body."""
-        return {
-            "name": self.name,
-            "family": self.family,
-            "vCPUs": self.vcpus,
-            "gpus": self.gpus,
-            "osVhdSizeMB": 1047552,
-            "maxResourceVolumeMB": 7168 * max(1, self.vcpus),
-            "memoryGB": self.memory_gb,
-            "lowPriorityCapable": self.low_priority_capable,
-            "premiumIO": True,
-            "supportedComputeTypes": ["AmlCompute", "ComputeInstance"],
-        }
-
-
-DEFAULT_VM_SIZES = (
-    VmSize("Standard_DS1_v2", "standardDSv2Family", 1, memory_gb=3.5),
-    VmSize("Standard_DS2_v2", "standardDSv2Family", 2, memory_gb=7.0),
-    VmSize("Standard_DS3_v2", "standardDSv2Family", 4, memory_gb=14.0),
-    VmSize("Standard_DS4_v2", "standardDSv2Family", 8, memory_gb=28.0),
-    VmSize("Standard_DS5_v2", "standardDSv2Family", 16, memory_gb=56.0),
-    VmSize("Standard_D4s_v3", "standardDSv3Family", 4, memory_gb=16.0),
-    VmSize("Standard_NC6s_v3", "standardNCSv3Family", 6, gpus=1, memory_gb=112.0),
-    VmSize("Standard_NC24s_v3", "standardNCSv3Family", 24, gpus=4, memory_gb=448.0),
-)
 
 
 def iso(epoch: float) -> str:
@@ -201,8 +163,14 @@ def _duration_seconds(value: str | None) -> float:
 class ArmState:
     """Every resource the emulator knows, behind one lock."""
 
-    def __init__(self, clock: Callable[[], float], *, tenant_id: str = DEFAULT_TENANT_ID) -> None:
-        """Start empty, reading time from ``clock``."""
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        tenant_id: str = DEFAULT_TENANT_ID,
+        vm_sizes: Iterable[VmSize] = DEFAULT_VM_SIZES,
+    ) -> None:
+        """Start empty, reading time from ``clock``; ``vm_sizes`` are offered where no location has its own."""
         self.clock = clock
         self.tenant_id = tenant_id
         self.lock = threading.RLock()
@@ -216,7 +184,8 @@ class ArmState:
         self.role_assignments: dict[str, dict[str, Any]] = {}
         self.locks: dict[str, dict[str, Any]] = {}
         self.principals: set[str] = set()
-        self.vm_sizes: dict[str, list[VmSize]] = {}
+        self.vm_sizes: dict[str, list[VmSize]] = {}  # per location; default_sizes elsewhere
+        self.default_sizes: list[VmSize] = list(vm_sizes)
         self.quotas: dict[tuple[str, str, str], Quota] = {}  # (location, family or "", priority)
         self.pending_failures: list[tuple[str | None, dict[str, str]]] = []
 
@@ -234,7 +203,7 @@ class ArmState:
 
     def sizes(self, location: str) -> list[VmSize]:
         """The VM sizes offered in ``location``."""
-        return self.vm_sizes.get(location.lower(), list(DEFAULT_VM_SIZES))
+        return self.vm_sizes.get(location.lower(), self.default_sizes)
 
     def size(self, location: str, name: str) -> VmSize | None:
         """The VM size ``name`` (any casing) in ``location``, or None."""
