@@ -39,7 +39,7 @@ def sandbox(tmp_path_factory):
 @pytest.mark.azurite
 @pytest.mark.parametrize("page", [p for p in DOCS if python_blocks(p)], ids=lambda p: p.name)
 def test_the_python_examples_of_each_page_run(page, sandbox, tmp_path):
-    script = tmp_path / f"{page.stem}.py"
+    script = tmp_path / f"doc_{page.stem}.py"  # not fsspec.py: it would shadow the fsspec package
     script.write_text("\n\n".join(python_blocks(page)))
     environ = sandbox.job_environment()
     environ["PYTHONPATH"] = os.pathsep.join([environ["PYTHONPATH"], SRC])

@@ -29,6 +29,7 @@ import msal
 import requests
 
 from aml_identity._environment import JobEnvironment, check_outbound_url
+from aml_identity._fork import after_fork_in_child
 from aml_identity._retry import RETRYABLE_STATUS, RetryPolicy, call_with_retries
 from aml_identity._tokens import CachedToken, new_token
 from aml_identity.errors import (
@@ -87,7 +88,7 @@ class _Session:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._session: requests.Session | None = None
-        os.register_at_fork(after_in_child=self._forget)
+        after_fork_in_child(self._forget)
 
     def _forget(self) -> None:
         # The child must not reuse the parent's sockets; dropping the reference closes only the child's copies.

@@ -11,7 +11,6 @@ costs one request to the identity endpoint per token lifetime instead of N — a
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from aml_identity._environment import JobEnvironment
+from aml_identity._fork import after_fork_in_child
 from aml_identity._retry import RetryPolicy
 from aml_identity._tokens import (
     NODE_LOCK_WAIT_MARGIN_S,
@@ -50,15 +50,13 @@ _stores: dict[tuple[str, Callable[[], float]], TokenStore] = {}
 _warned: set[str] = set()
 
 
+@after_fork_in_child
 def _after_fork_in_child() -> None:
     global _stores_lock, _shared_lock  # noqa: PLW0603 - a forked child must not inherit locks held by parent threads
     _stores_lock = threading.Lock()
     _shared_lock = threading.Lock()
     for store in _stores.values():
         store.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def scope_to_resource(scopes: tuple[str, ...]) -> str:

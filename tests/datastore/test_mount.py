@@ -313,6 +313,9 @@ def test_a_stale_mount_from_a_killed_process_is_cleared_before_mounting_again(st
     store.seed({"data/a.txt": b"a"})
     point = tmp_path / "mnt"
     crashed = mount(store.uri("data/"), point)
+    # The fusermount3 watchdog (auto_unmount) dies too, as when a whole cgroup is killed: the mount is left dead.
+    for child in Path(f"/proc/{crashed.pid}/task/{crashed.pid}/children").read_text().split():
+        os.kill(int(child), signal.SIGKILL)
     os.kill(crashed.pid, signal.SIGKILL)
     crashed._state.process.wait(timeout=30)
     with pytest.raises(OSError) as caught:

@@ -15,7 +15,7 @@ import ssl
 import pytest
 
 from aml_identity import default_credential
-from aml_identity.datastore import _fuse_fs
+from aml_identity.datastore import _fuse_tree
 from aml_identity.datastore._fuse_fs import BLOCK_SIZE, BlobFilesystem
 from aml_identity.datastore._rest import BearerToken, BlobRestClient
 from aml_identity.testing import FakeClock, IdentityEndpoint, StorageAuthProxy
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.azurite
 
 TOKEN_LIFETIME_S = 60
 FUSE_READ = 128 * 1024  # what the kernel asks for per read
-STEP_S = 2  # emulated seconds per read: the reader is slow (a training step between reads)
+STEP_S = 1  # emulated seconds per read: the reader is slow (a training step between reads); 8 MiB blocks: 64 reads each
 
 
 def _filesystem(client, store, **options) -> BlobFilesystem:
@@ -121,7 +121,7 @@ def test_listings_beyond_the_memory_bound_are_dropped_least_recently_used_first(
     storage_job, store, azurite, open_proxy, monkeypatch
 ):
     store.seed({f"data/{d}/{i}.bin": b"x" for d in "abc" for i in range(2)})
-    monkeypatch.setattr(_fuse_fs, "MAX_CACHED_ENTRIES", 7)  # the root (3 entries) and two folders of two files
+    monkeypatch.setattr(_fuse_tree, "MAX_CACHED_ENTRIES", 7)  # the root (3 entries) and two folders of two files
     client = BlobRestClient(
         open_proxy.blob_endpoint(),
         BearerToken(default_credential()),

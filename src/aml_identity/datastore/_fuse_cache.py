@@ -84,7 +84,7 @@ class MemoryCache:
     def __init__(self, max_bytes: int) -> None:
         """Create an empty cache holding at most ``max_bytes`` bytes of blocks."""
         self.max_bytes = max_bytes
-        self._blocks: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._blocks: OrderedDict[Hashable, bytes | bytearray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -93,7 +93,7 @@ class MemoryCache:
         """The bytes held."""
         return self._bytes
 
-    def get(self, key: Hashable) -> bytes | None:
+    def get(self, key: Hashable) -> bytes | bytearray | None:
         """Return the block and mark it most recently used, or None."""
         with self._lock:
             block = self._blocks.get(key)
@@ -105,7 +105,7 @@ class MemoryCache:
         """Whether the block is held (without touching its recency)."""
         return key in self._blocks
 
-    def put(self, key: Hashable, block: bytes) -> None:
+    def put(self, key: Hashable, block: bytes | bytearray) -> None:
         """Add a block, evicting the least recently used ones to stay within the bound."""
         if len(block) > self.max_bytes:
             return
@@ -177,23 +177,25 @@ class DiskCache:
     def _path(self, key: str) -> str:
         return os.path.join(self.directory, key + _BLOCK_SUFFIX)
 
-    def get(self, key: str, length: int) -> bytes | None:
+    def get(self, key: str, length: int) -> bytearray | None:
         """Return the cached block, or None (a block of the wrong length is dropped)."""
         with self._lock:
             if key not in self._index:
                 return None
             self._index.move_to_end(key)
+        data = bytearray(length)
         try:
-            with open(self._path(key), "rb") as f:
-                data = f.read()
+            with open(self._path(key), "rb", buffering=0) as f:
+                whole = os.fstat(f.fileno()).st_size == length
+                got = f.readinto(data) if whole else -1
         except OSError:
-            data = b""
-        if len(data) != length:
+            got = -1
+        if got != length:
             self._drop(key)
             return None
         return data
 
-    def put(self, key: str, block: bytes) -> bool:
+    def put(self, key: str, block: bytes | bytearray) -> bool:
         """Store a block if it fits within the size limit and the free-space reserve.
 
         Returns:

@@ -10,6 +10,7 @@ SIGINT; then libfuse unmounts and the process exits 0.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ctypes.util
 import errno
 import importlib.util
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aml_identity._environment import JobEnvironment, check_outbound_url
 from aml_identity.datastore._fuse_cache import DEFAULT_DISK_CACHE_FRACTION, RESERVED_FREE_DISK_BYTES, free_bytes
@@ -190,6 +191,34 @@ def _load_mfusepy(env: JobEnvironment) -> object:
     return mfusepy
 
 
+def _fuse_class(mfusepy: Any) -> Any:
+    """Mfusepy's ``FUSE`` with ``ftruncate`` given its open file's handle.
+
+    mfusepy 3.1 drops the handle of a ``truncate`` on an open file, and with ``nullpath_ok`` libfuse gives no path
+    either: ``ftruncate`` (SQLite, ``truncate -s`` on an open file) would fail with ``EBADF``.
+    """
+
+    class _Fuse(mfusepy.FUSE):  # type: ignore[misc]  # mfusepy is untyped
+        def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:  # noqa: ARG002
+            # One copy, from the cached block straight into the kernel's buffer (mfusepy copies bytes twice).
+            data = self.operations.read_view(None, size, offset, fip.contents.fh)
+            count = len(data)
+            if count:
+                if isinstance(data, memoryview) and not data.readonly:
+                    ctypes.memmove(buf, (ctypes.c_char * count).from_buffer(data), count)
+                else:
+                    ctypes.memmove(buf, bytes(data), count)
+            return count
+
+        def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+            fh = fip.contents.fh if fip else None
+            name = None if path is None else path.decode(self.encoding, self.errors)
+            result: int = self.operations.truncate(name, length, fh)
+            return result
+
+    return _Fuse
+
+
 def _exit_with_stdin(mount_point: str) -> None:
     """Block until stdin closes (the process that started the mount has exited), then unmount."""
     with contextlib.suppress(OSError):
@@ -264,11 +293,14 @@ def serve(options: MountOptions) -> int:  # noqa: C901, PLR0915 - the mount's wh
             "foreground": True,
             "fsname": f"aml-identity:{location.account}/{location.container}".replace(",", "_"),
             "subtype": "aml-identity",
+            # fusermount3 stays as a watchdog and unmounts if this process dies (kill -9, OOM): no dead mount
+            # point ("Transport endpoint is not connected") is left for the user to clear.
+            "auto_unmount": True,
         }
         if options.mode == "ro":
             fuse_options["ro"] = True
         try:
-            mfusepy.FUSE(fs, mount_point, **fuse_options)  # type: ignore[attr-defined]  # mfusepy is untyped
+            _fuse_class(mfusepy)(fs, mount_point, **fuse_options)
         except RuntimeError as exc:
             # libfuse returns non-zero after SIGTERM/SIGINT (mfusepy raises RuntimeError(8)); it has unmounted.
             if fs.ready and not os.path.ismount(mount_point):

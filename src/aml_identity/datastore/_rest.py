@@ -42,7 +42,9 @@ __all__ = [
     "STORAGE_SCOPE",
     "BearerToken",
     "BlobItem",
+    "BlobProperties",
     "BlobRestClient",
+    "FolderPage",
     "StorageHttpError",
 ]
 
@@ -85,6 +87,8 @@ STORAGE_RETRY_POLICY = RetryPolicy(
 )
 # List Blobs page size: the service maximum, fewest round trips.
 LIST_PAGE_SIZE = 5000
+# User metadata travels as headers with this prefix (Get Blob Properties).
+_META_HEADER = "x-ms-meta-"
 _RNG = random.Random()  # noqa: S311 - backoff jitter, not cryptography
 
 
@@ -533,10 +537,41 @@ class BlobRestClient:
             resource=f"{container}/{name}",
         )  # fmt: skip
 
+    def list_folder_page(self, container: str, prefix: str, marker: str | None) -> FolderPage:
+        """List one page of what is directly in the folder ``prefix`` (delimited by ``/``, with metadata)."""
+        query = f"?restype=container&comp=list&delimiter=%2F&include=metadata&maxresults={LIST_PAGE_SIZE}"
+        if prefix:
+            query += "&prefix=" + quote(prefix, safe="")
+        if marker:
+            query += "&marker=" + quote(marker, safe="")
+        body = self.request("GET", self.blob_path(container) + query, resource=f"{container}/{prefix}")
+        assert isinstance(body, bytes)  # noqa: S101 - no reader given, so the body
+        return parse_folder_listing(body)
+
+    def get_properties(self, container: str, name: str) -> BlobProperties:
+        """Return a blob's ETag, size, time and metadata (Get Blob Properties)."""
+        return self.request(  # type: ignore[return-value]  # on_response given, so its result
+            "HEAD", self.blob_path(container, name), on_response=_properties_from, resource=f"{container}/{name}"
+        )
+
+    def get_blob(self, container: str, name: str) -> bytes:
+        """Return a (small) blob's whole content."""
+        body = self.request("GET", self.blob_path(container, name), resource=f"{container}/{name}")
+        assert isinstance(body, bytes)  # noqa: S101 - no reader given, so the body
+        return body
+
+    def delete_blob(self, container: str, name: str) -> None:
+        """Delete a blob (404 if there is none)."""
+        self.request("DELETE", self.blob_path(container, name), ok=(202,), resource=f"{container}/{name}")
+
 
 def parse_listing(body: bytes) -> tuple[list[BlobItem], str | None]:
     """Parse a List Blobs answer into blob items and the next marker."""
     root = ET.fromstring(body)  # noqa: S314 - the storage service's own listing
+    return _blob_items(root), root.findtext("NextMarker") or None
+
+
+def _blob_items(root: ET.Element) -> list[BlobItem]:
     items: list[BlobItem] = []
     for blob in root.iter("Blob"):
         name_el = blob.find("Name")
@@ -559,5 +594,62 @@ def parse_listing(body: bytes) -> tuple[list[BlobItem], str | None]:
                 metadata=metadata,
             )
         )
-    marker = root.findtext("NextMarker") or None
-    return items, marker
+    return items
+
+
+@dataclass(frozen=True)
+class FolderPage:
+    """One page of a delimited (``/``) listing: the blobs directly in a folder and its sub-folders.
+
+    Attributes:
+        blobs: The blobs whose names have no ``/`` after the prefix.
+        prefixes: The sub-folders' full names, each ending in ``/``.
+        marker: The marker of the next page (``None`` after the last page).
+    """
+
+    blobs: list[BlobItem]
+    prefixes: list[str]
+    marker: str | None
+
+
+@dataclass(frozen=True)
+class BlobProperties:
+    """What Get Blob Properties (``HEAD``) says of one blob.
+
+    Attributes:
+        etag: Its ETag, without quotes.
+        size: Its length in bytes.
+        last_modified: Its Last-Modified time, epoch seconds.
+        metadata: Its user metadata (lower-case keys).
+    """
+
+    etag: str
+    size: int
+    last_modified: float
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_folder_listing(body: bytes) -> FolderPage:
+    """Parse a delimited List Blobs answer (blobs, sub-folder prefixes, next marker) in one pass."""
+    root = ET.fromstring(body)  # noqa: S314 - the storage service's own listing
+    prefixes = []
+    for element in root.iter("BlobPrefix"):
+        name_el = element.find("Name")
+        if name_el is None or not name_el.text:
+            continue
+        prefixes.append(unquote(name_el.text) if name_el.get("Encoded") == "true" else name_el.text)
+    return FolderPage(_blob_items(root), prefixes, root.findtext("NextMarker") or None)
+
+
+def _properties_from(response: http.client.HTTPResponse) -> BlobProperties:
+    metadata = {
+        key[len(_META_HEADER) :].lower(): value
+        for key, value in response.getheaders()
+        if key.lower().startswith(_META_HEADER)
+    }
+    return BlobProperties(
+        etag=(response.getheader("ETag") or "").strip('"'),
+        size=int(response.getheader("Content-Length") or 0),
+        last_modified=_http_date(response.getheader("Last-Modified") or ""),
+        metadata=metadata,
+    )

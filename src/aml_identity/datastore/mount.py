@@ -34,8 +34,8 @@ from typing import IO, TYPE_CHECKING, Literal
 
 import aml_identity
 from aml_identity.datastore._fuse_cache import parse_size
-from aml_identity.datastore._fuse_fs import ATTR_CACHE_TTL_S
 from aml_identity.datastore._fuse_main import READY_PREFIX, check_fuse, clear_stale, fusermount, is_stale
+from aml_identity.datastore._fuse_tree import ATTR_CACHE_TTL_S
 from aml_identity.datastore.uri import DatastoreUri
 from aml_identity.errors import ConfigurationError, DatastoreError
 
@@ -55,6 +55,9 @@ MOUNT_READY_TIMEOUT_S = 120.0
 UNMOUNT_TIMEOUT_S = 30.0
 # After SIGTERM, how long the mount process gets to unmount before SIGKILL.
 _TERMINATE_GRACE_S = 5.0
+# After the mount process died on its own (kill -9, OOM), how long fusermount3's auto_unmount watchdog gets to
+# release the mount point (it takes milliseconds) before this process detaches the dead mount itself.
+_DEAD_MOUNT_GRACE_S = 5.0
 # Lines of the mount process's stderr kept to quote when it fails.
 _STDERR_TAIL_LINES = 40
 # What libfuse 3.14 prints at every mount with mfusepy; harmless (see docs/mount.md), so not copied to the job's log.
@@ -119,6 +122,17 @@ def _end_process(state: _State) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _watch(state: _State) -> None:
+    """Wait for the mount process; if it died on its own and left a dead mount, detach it (a second watchdog)."""
+    state.process.wait()
+    if state.done or os.getpid() != state.owner_pid:
+        return
+    threading.Event().wait(_DEAD_MOUNT_GRACE_S)
+    if not state.done and is_stale(state.path):
+        _log.warning("the mount process for %s died; detaching its dead mount", state.path)
+        fusermount(state.path, lazy=True)
 
 
 def _stop(state: _State) -> None:
@@ -392,5 +406,6 @@ def mount(
     if not os.path.ismount(path):
         _stop(state)
         raise DatastoreError(f"The mount process reported {path} mounted, but it is not a mount point.")
+    threading.Thread(target=_watch, args=(state,), name="aml-mount-watch", daemon=True).start()
     _log.info("mounted %s at %s (%s, process %d)", text, path, mode, process.pid)
     return Mount(state, text, mode)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aml_identity._environment import JobEnvironment
+from aml_identity._fork import after_fork_in_child
 from aml_identity._job import job_credential
 from aml_identity.datastore.uri import DatastoreUri
 from aml_identity.errors import ConfigurationError, DatastoreError, redact
@@ -44,6 +45,12 @@ LOOKUP_RETRY_TOTAL = 10
 
 _cache_lock = threading.Lock()
 _cache: dict[tuple[str, str, str, str, str], tuple[str, str, str]] = {}
+
+
+@after_fork_in_child
+def _reset_cache_lock() -> None:
+    global _cache_lock  # noqa: PLW0603 - a forked child must not inherit a lock held by a parent thread
+    _cache_lock = threading.Lock()
 
 
 @dataclass(frozen=True)

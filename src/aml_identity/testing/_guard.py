@@ -17,6 +17,7 @@ import threading
 from typing import Any
 
 from aml_identity._environment import is_loopback_host
+from aml_identity._fork import after_fork_in_child
 from aml_identity.errors import AmlIdentityError
 
 __all__ = ["LoopbackViolationError", "disable", "enable", "install", "is_enabled"]
@@ -35,6 +36,12 @@ _state_lock = threading.Lock()
 _installed = False
 _enabled = False
 _allowed_names: frozenset[str] = frozenset()
+
+
+@after_fork_in_child
+def _reset_state_lock() -> None:
+    global _state_lock  # noqa: PLW0603 - a forked child must not inherit a lock held by a parent thread
+    _state_lock = threading.Lock()
 
 
 def _host_allowed(host: object) -> bool:

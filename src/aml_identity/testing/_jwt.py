@@ -9,6 +9,8 @@ from typing import Any
 
 import jwt
 
+from aml_identity._fork import after_fork_in_child
+
 __all__ = ["DEFAULT_TENANT_ID", "mint_token"]
 
 # The tenant every emulated identity lives in (any GUID works; this one is recognisable in claims dumps).
@@ -18,6 +20,12 @@ _key_lock = threading.Lock()
 _signing_key: Any = None
 # A fixed key id lets a reader tell emulator tokens apart from anything else in a claims dump.
 _KEY_ID = "aml-identity-emulator"
+
+
+@after_fork_in_child
+def _reset_key_lock() -> None:
+    global _key_lock  # noqa: PLW0603 - a forked child must not inherit a lock held by a parent thread
+    _key_lock = threading.Lock()
 
 
 def _key() -> Any:

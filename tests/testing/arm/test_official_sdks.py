@@ -184,3 +184,32 @@ def test_vm_size_catalogue_is_public_and_replaceable(aml_tls):
         ArmEmulator(tls=aml_tls, vm_sizes=[*only, *only])
     with pytest.raises(ValueError, match="VmSize"):
         ArmEmulator(tls=aml_tls, vm_sizes=["Standard_D2_v2"])
+
+
+def test_the_docs_name_the_fields_2020_08_01_lacks():
+    """What the testing docs say about 2020-08-01's shape, checked against the installed models and the spec."""
+    import json
+
+    from azure.mgmt.machinelearningservices import models
+
+    from aml_identity.testing.arm import find_specs_dir
+
+    spec_file = (
+        find_specs_dir() / "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices"
+        "/stable/2025-12-01/machineLearningServices.json"
+    )
+    definitions = json.loads(spec_file.read_text())["definitions"]
+
+    def lacks(model, definition):
+        sent = {entry["key"].split(".")[0] for entry in model._attribute_map.values()}
+        return sorted(set(definitions[definition]["properties"]) - sent)
+
+    assert lacks(models.AmlComputeProperties, "AmlComputeProperties") == [
+        "enableNodePublicIp", "isolatedNetwork", "propertyBag", "virtualMachineImage",
+    ]  # fmt: skip
+    assert lacks(models.Compute, "Compute") == ["disableLocalAuth"]
+    text = " ".join(DOCS.read_text().split())
+    assert (
+        "the 2020-08-01 models lack `systemData` on the resource, `disableLocalAuth` on the compute and "
+        "`isolatedNetwork`, `enableNodePublicIp`, `propertyBag` and `virtualMachineImage` on `AmlComputeProperties`"
+    ) in text

@@ -1,0 +1,276 @@
+"""A mount's read path: fixed-size blocks fetched with ranged GETs, read ahead, cached in memory and on disk.
+
+Blocks (:data:`BLOCK_SIZE`) are fetched with ranged GETs pinned to the ETag seen in the listing (``If-Match``);
+a sequential reader gets the next blocks fetched ahead in a small pool. Blocks are cached in memory (LRU) and,
+with a cache folder, on disk (see :mod:`._fuse_cache`), keyed by ETag, so a blob replaced in storage is never
+served as a mix of two versions. However many readers wait for a block, it is fetched once.
+
+**Streaming.** A block is fetched by a pool thread into a buffer that readers read from as it fills: a read
+waits only for the bytes it asks for, not for the whole block, so the first bytes of a file arrive one round
+trip after ``open`` and a sequential reader keeps pace with the network (as rclone streams). Blocks a reader
+is about to need are fetched by their own pool (:data:`DEMAND_THREADS`), never queued behind read-ahead.
+Reads hand out views of the block's buffer (no copy until the kernel's buffer), and blocks are written to the
+disk cache by a background thread, off the read path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from aml_identity.datastore._fuse_cache import DiskCache, MemoryCache, block_file_key
+from aml_identity.datastore._rest import BlobRestClient, StorageHttpError
+
+__all__ = [
+    "BLOCK_SIZE",
+    "DEMAND_THREADS",
+    "MEMORY_CACHE_BYTES",
+    "PREFETCH_THREADS",
+    "READ_AHEAD_BLOCKS",
+    "BlockReader",
+    "Reader",
+]
+
+_log = logging.getLogger("aml_identity.mount")
+
+# Read block size: one ranged GET each. A request's fixed cost dominates small blocks: measured against Azurite
+# here, 4 MiB GETs (4 at once) moved 255 MB/s and 8 MiB GETs 479 MB/s, and a 4 KiB random read over-fetches
+# at most 8 MiB (Azure ML's mount uses 2 MB, blobfuse2's block cache 16 MB). Reads stream, so a bigger block
+# does not delay the first bytes.
+BLOCK_SIZE = 8 * 1024 * 1024
+# Blocks fetched ahead of a sequential reader: 32 MiB in flight keeps a link of a few Gbit/s busy across the
+# per-request latency, and stays far below the memory cache so prefetched blocks are not evicted unused.
+READ_AHEAD_BLOCKS = 4
+# Threads fetching ahead (shared by every open file); each holds one block and one connection. Azurite and
+# Azure both serve several streams faster than one; 4 streams of 8 MiB keep 32 MiB in flight.
+PREFETCH_THREADS = 4
+# Threads fetching the blocks readers are waiting for (a reader's own block never waits behind read-ahead).
+DEMAND_THREADS = 4
+# A fetch tells waiting readers about new data every this many bytes (fewer wake-ups, yet streaming).
+STREAM_CHUNK_BYTES = 256 * 1024
+# In-memory block cache: Azure ML's mount default (DATASET_MOUNT_MEMORY_CACHE_SIZE = 128 MB) - enough for the
+# read-ahead of several readers and for small files read every epoch.
+MEMORY_CACHE_BYTES = 128 * 1024 * 1024
+
+Block = bytes | bytearray
+_Key = tuple[str, str, int]
+
+
+@dataclass
+class Reader:
+    """An open handle reading one version (ETag) of a blob through the block cache."""
+
+    path: str
+    blob: str
+    size: int
+    etag: str
+    mtime: float = 0.0
+    served: bool = False
+    last_block: int = -1
+    prefetched_to: int = -1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Fetch:
+    """A block being fetched: its buffer fills while readers take the bytes that have arrived."""
+
+    def __init__(self, length: int) -> None:
+        self.buffer: Block = bytearray(length)
+        self.filled = 0
+        self.complete = False
+        self.error: BaseException | None = None
+        self._cond = threading.Condition(threading.Lock())
+
+    def advance(self, filled: int) -> None:
+        with self._cond:
+            self.filled = filled
+            self._cond.notify_all()
+
+    def finish(self, buffer: Block | None = None, error: BaseException | None = None) -> None:
+        with self._cond:
+            if buffer is not None:
+                self.buffer, self.filled = buffer, len(buffer)
+            self.complete, self.error = True, error
+            self._cond.notify_all()
+
+    def wait(self, end: int) -> Block:
+        """Return the buffer once its first ``end`` bytes are there (raises the fetch's error)."""
+        with self._cond:
+            while self.filled < end and not self.complete:
+                self._cond.wait()
+            if self.filled < end:
+                if self.error is not None:
+                    raise self.error
+                raise StorageHttpError(0, "IncompleteRead", "the block ended early", "GET", "")
+            return self.buffer
+
+
+class BlockReader:
+    """Blocks of blob versions: memory, else disk, else one ranged GET; read-ahead for sequential readers.
+
+    Args:
+        client: The REST client.
+        container: The container.
+        memory_cache_bytes: The in-memory block cache's bound.
+        disk: The disk tier (None: memory only).
+        read_ahead_blocks: Blocks fetched ahead of a sequential reader (0: none).
+    """
+
+    def __init__(
+        self,
+        client: BlobRestClient,
+        *,
+        container: str,
+        memory_cache_bytes: int = MEMORY_CACHE_BYTES,
+        disk: DiskCache | None = None,
+        read_ahead_blocks: int = READ_AHEAD_BLOCKS,
+    ) -> None:
+        """Create the reader (its pools start threads only when first used)."""
+        self.client = client
+        self.container = container
+        self.read_ahead_blocks = read_ahead_blocks
+        self._memory = MemoryCache(memory_cache_bytes)
+        self._disk = disk
+        self._inflight: dict[_Key, _Fetch] = {}
+        self._inflight_lock = threading.Lock()
+        self._prefetch = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="aml-mount-prefetch")
+        self._demand = ThreadPoolExecutor(DEMAND_THREADS, thread_name_prefix="aml-mount-fetch")
+        self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="aml-mount-disk")
+
+    def close(self) -> None:
+        """Stop fetching."""
+        for pool in (self._prefetch, self._demand, self._disk_writer):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def read(self, handle: Reader, size: int, offset: int) -> bytes:
+        """Return ``size`` bytes at ``offset`` of the handle's blob version (fewer at its end).
+
+        Raises:
+            StorageHttpError: A block could not be fetched (412: the blob changed).
+        """
+        return bytes(self.read_view(handle, size, offset))
+
+    def read_view(self, handle: Reader, size: int, offset: int) -> memoryview:
+        """:meth:`read` as a view of the cached block (no copy) when the range lies in one block."""
+        end = min(offset + size, handle.size)
+        if offset >= end:
+            return memoryview(b"")
+        first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        sequential = handle.last_block <= first <= handle.last_block + 1
+        handle.last_block = last
+        fetches = [self._get(handle.blob, handle.etag, handle.size, index, demand=True) for index in (first, last)]
+        if sequential and self.read_ahead_blocks:
+            self._read_ahead(handle, last)
+        parts = []
+        for index in range(first, last + 1):
+            got = fetches[0] if index == first else fetches[1] if index == last else None
+            if got is None:
+                got = self._get(handle.blob, handle.etag, handle.size, index, demand=True)
+            base = index * BLOCK_SIZE
+            start, stop = max(offset, base) - base, min(end, base + BLOCK_SIZE) - base
+            block = got.wait(stop) if isinstance(got, _Fetch) else got
+            parts.append(memoryview(block)[start:stop])
+        return parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+
+    def block(self, blob: str, etag: str, size: int, index: int) -> Block:
+        """Return one whole block (fetched once however many wait for it).
+
+        Raises:
+            StorageHttpError: It could not be fetched.
+        """
+        got = self._get(blob, etag, size, index, demand=True)
+        if isinstance(got, _Fetch):
+            return got.wait(min(BLOCK_SIZE, size - index * BLOCK_SIZE))
+        return got
+
+    def copy_into(self, fd: int, blob: str, etag: str, size: int) -> None:
+        """Write a whole blob version into the file ``fd`` (through the block cache).
+
+        Raises:
+            StorageHttpError: A block could not be fetched.
+        """
+        for index in range((size + BLOCK_SIZE - 1) // BLOCK_SIZE):
+            os.pwrite(fd, self.block(blob, etag, size, index), index * BLOCK_SIZE)
+
+    def _read_ahead(self, handle: Reader, last: int) -> None:
+        final = (handle.size - 1) // BLOCK_SIZE
+        start = max(last + 1, handle.prefetched_to + 1)
+        stop = min(last + self.read_ahead_blocks, final)
+        for index in range(start, stop + 1):
+            self._get(handle.blob, handle.etag, handle.size, index, demand=False)
+        handle.prefetched_to = max(handle.prefetched_to, stop)
+
+    def _get(self, blob: str, etag: str, size: int, index: int, *, demand: bool) -> Block | _Fetch:
+        """The cached block, or its fetch (started now, by the demand or the read-ahead pool, if none runs)."""
+        key = (blob, etag, index)
+        block = self._memory.get(key)
+        if block is not None:
+            return block
+        with self._inflight_lock:
+            fetch = self._inflight.get(key)
+            if fetch is not None:
+                return fetch
+            block = self._memory.get(key)  # finished between the two looks
+            if block is not None:
+                return block
+            fetch = _Fetch(min(BLOCK_SIZE, size - index * BLOCK_SIZE))
+            self._inflight[key] = fetch
+        try:
+            (self._demand if demand else self._prefetch).submit(self._run, key, fetch)
+        except RuntimeError as exc:  # the pools are shut down: unmounting
+            self._done(key, fetch, None, exc)
+        return fetch
+
+    def _run(self, key: _Key, fetch: _Fetch) -> None:
+        try:
+            block = self._load(key, fetch)
+        except BaseException as exc:  # noqa: BLE001 - handed to every reader of the block
+            _log.debug("fetch of %s block %d failed: %s", key[0], key[2], exc)
+            self._done(key, fetch, None, exc)
+        else:
+            self._done(key, fetch, block, None)
+
+    def _done(self, key: _Key, fetch: _Fetch, block: Block | None, error: BaseException | None) -> None:
+        if block is not None:
+            self._memory.put(key, block)
+        with self._inflight_lock:
+            self._inflight.pop(key, None)
+        fetch.finish(block, error)
+
+    def _load(self, key: _Key, fetch: _Fetch) -> Block:
+        blob, etag, index = key
+        offset = index * BLOCK_SIZE
+        length = len(fetch.buffer)
+        disk_key = f"{block_file_key(blob, etag, BLOCK_SIZE)}.{index}" if self._disk is not None else ""
+        if self._disk is not None:
+            cached = self._disk.get(disk_key, length)
+            if cached is not None:
+                return cached
+        buffer = fetch.buffer
+        assert isinstance(buffer, bytearray)  # noqa: S101 - a fetch starts with its own buffer
+
+        def sink(response: http.client.HTTPResponse) -> bytearray:
+            view = memoryview(buffer)
+            got = reported = 0
+            fetch.advance(0)  # a retry starts again (with the same bytes: the ETag is pinned)
+            while got < length:
+                count = response.readinto(view[got:])
+                if not count:
+                    raise http.client.IncompleteRead(bytes(view[:got]), length - got)
+                got += count
+                if got - reported >= STREAM_CHUNK_BYTES or got == length:
+                    fetch.advance(got)
+                    reported = got
+            return buffer
+
+        block = self.client.get_into(self.container, blob, offset=offset, length=length, etag=etag, sink=sink)
+        if self._disk is not None:
+            disk = self._disk
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: unmounting
+                self._disk_writer.submit(disk.put, disk_key, block)
+        return block
