@@ -23,6 +23,7 @@ import pytest
 from aml_identity import default_credential
 from aml_identity.datastore import Mount, mount
 from aml_identity.datastore._fuse_fs import BLOCK_SIZE, UPLOAD_SINGLE_PUT_BYTES
+from aml_identity.datastore._fuse_read import RUN_BLOCKS
 from aml_identity.datastore._fuse_main import is_stale
 from aml_identity.errors import ConfigurationError, DatastoreError
 from aml_identity.testing import StorageAuthProxy
@@ -36,6 +37,19 @@ BLOCKS = -(-LARGE // BLOCK_SIZE)
 def _blob_gets(proxy, name: str) -> list:
     """The GETs of blob ``name`` (a path suffix) that the proxy answered."""
     return [r for r in proxy.requests if r.method == "GET" and r.action == "read" and r.path.endswith("/" + name)]
+
+
+def _covered(requests: list) -> list[tuple[int, int]]:
+    """The byte ranges the GETs fetched, merged, as ``[start, end)`` pairs; an overlap (a byte fetched twice) fails."""
+    spans = sorted(tuple(int(n) for n in r.range.removeprefix("bytes=").split("-")) for r in requests)
+    merged: list[tuple[int, int]] = []
+    for start, last in spans:
+        assert not merged or start >= merged[-1][1], f"bytes from {start} fetched twice"
+        if merged and start == merged[-1][1]:
+            merged[-1] = (merged[-1][0], last + 1)
+        else:
+            merged.append((start, last + 1))
+    return merged
 
 
 def _names(folder: Path) -> list[str]:
@@ -97,9 +111,11 @@ def test_a_second_read_is_served_from_the_cache_and_read_ahead_fetches_each_bloc
     with mount(store.uri("train/"), environ=via(open_proxy)) as m:
         first = (m.path / "weights.bin").read_bytes()
         small = (m.path / "a" / "001.bin").read_bytes()
-        gets = len(_blob_gets(open_proxy, "weights.bin"))
+        fetched = _blob_gets(open_proxy, "weights.bin")
+        gets = len(fetched)
         assert first == dataset["train/weights.bin"]
-        assert gets == BLOCKS  # sequential read with read-ahead: every block fetched exactly once
+        assert _covered(fetched) == [(0, LARGE)]  # sequential read with read-ahead: every byte fetched exactly once
+        assert gets <= (BLOCKS + RUN_BLOCKS - 1) // RUN_BLOCKS + 1  # in runs of blocks per GET, not a GET a block
         assert len(_blob_gets(open_proxy, "a/001.bin")) == 1
 
         assert (m.path / "weights.bin").read_bytes() == first  # a new open: the kernel asks again, we have it

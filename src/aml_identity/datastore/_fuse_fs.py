@@ -28,6 +28,7 @@ from typing import Any
 
 from aml_identity.datastore._fuse_core import Folder, Mode
 from aml_identity.datastore._fuse_errors import os_error
+from aml_identity.datastore._fuse_kernel import KERNEL_READ_AHEAD_BYTES
 from aml_identity.datastore._fuse_ops_rw import WriteOperations
 from aml_identity.datastore._fuse_read import (
     BLOCK_SIZE,
@@ -64,7 +65,13 @@ class BlobFilesystem(WriteOperations):
     use_ns = True  # mfusepy: times are integer nanoseconds
 
     def init_with_config(self, conn_info: Any, config: Any) -> None:
-        """Set the kernel's caching to match ours, then report the mount as ready (mfusepy ``init``)."""
+        """Set the kernel's caching to match ours, then report the mount as ready (mfusepy ``init``).
+
+        The kernel's read-ahead is the smaller of its device's ``read_ahead_kb`` and the ``max_readahead`` given
+        here, so this asks for :data:`._fuse_kernel.KERNEL_READ_AHEAD_BYTES` and ``on_ready`` raises the other.
+        """
+        if conn_info is not None and hasattr(conn_info, "max_readahead"):
+            conn_info.max_readahead = max(conn_info.max_readahead, KERNEL_READ_AHEAD_BYTES)
         if config is not None:
             config.attr_timeout = self.attr_timeout
             config.entry_timeout = self.attr_timeout

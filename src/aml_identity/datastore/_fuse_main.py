@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aml_identity._environment import JobEnvironment, check_outbound_url
 from aml_identity.datastore._fuse_cache import DEFAULT_DISK_CACHE_FRACTION, RESERVED_FREE_DISK_BYTES, free_bytes
+from aml_identity.datastore._fuse_kernel import raise_read_ahead
 from aml_identity.datastore._fuse_fs import ATTR_CACHE_TTL_S, BlobFilesystem, Mode
 from aml_identity.datastore._rest import BearerToken, BlobRestClient
 from aml_identity.errors import ConfigurationError, DatastoreError
@@ -269,6 +270,7 @@ def serve(options: MountOptions) -> int:  # noqa: C901, PLR0915 - the mount's wh
     uri = str(location.uri)
 
     def ready() -> None:
+        raise_read_ahead(mount_point)  # called during the kernel's init, before its reply fixes the read-ahead
         sys.stdout.write(f"{READY_PREFIX}{uri} at {mount_point} ({options.mode})\n")
         sys.stdout.flush()
         _log.info("mounted %s at %s (%s)", uri, mount_point, options.mode)
