@@ -173,7 +173,9 @@ class BlobFilesystem(WriteOperations):
         if entry.is_dir:
             raise os_error(errno.EISDIR)
         etag, size = (entry.etag, entry.size) if entry.etag is not None else self._properties(path)
-        return self._new_fh(Reader(path, self._tree.blob(path), size, etag, entry.mtime))
+        fh = self._new_fh(Reader(path, self._tree.blob(path), size, etag, entry.mtime))
+        self._fetch_ahead(path)
+        return fh
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         """Read from the block cache (fetching, and fetching ahead for a sequential reader)."""

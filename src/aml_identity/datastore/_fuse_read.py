@@ -21,19 +21,24 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aml_identity.datastore._fuse_cache import DiskCache, MemoryCache, block_file_key
+from aml_identity.datastore._fuse_tree import Entry
 from aml_identity.datastore._rest import BlobRestClient, StorageHttpError
 
 __all__ = [
     "BLOCK_SIZE",
     "DEMAND_THREADS",
+    "FOLDER_AHEAD_FILES",
     "MEMORY_CACHE_BYTES",
     "PREFETCH_THREADS",
     "READ_AHEAD_BLOCKS",
     "RUN_BLOCKS",
     "BlockReader",
+    "FolderAhead",
     "Reader",
 ]
 
@@ -47,16 +52,24 @@ BLOCK_SIZE = 8 * 1024 * 1024
 # Blocks fetched ahead of a sequential reader: 32 MiB in flight keeps a link of a few Gbit/s busy across the
 # per-request latency, and stays far below the memory cache so prefetched blocks are not evicted unused.
 READ_AHEAD_BLOCKS = 4
-# A sequential reader's blocks are fetched this many per GET (one ranged GET filling consecutive blocks). Each
-# request has a fixed cost at the server: measured against Azurite here, 64 MiB read as 1 MiB GETs cost it
-# 0.33 s of CPU, as 8 MiB GETs 0.10-0.13 s and as 16 MiB GETs 0.09 s. Two runs in flight (the read-ahead below)
-# still keep two streams busy, which moved more than one stream did (183-243 MB/s against 83-153).
-RUN_BLOCKS = 2
+# A sequential reader's blocks are fetched this many per GET (one ranged GET filling consecutive blocks, each
+# handed out as it completes). Each request has a fixed cost at the server: measured against Azurite here, 64 MiB
+# read as 1 MiB GETs cost it 0.33 s of CPU, as 8 MiB GETs 0.10-0.16 s, as 32 MiB GETs 0.09 s (as much as
+# rclone's one GET for the whole file). With READ_AHEAD_BLOCKS two such runs are in flight at the start.
+RUN_BLOCKS = 4
 # Threads fetching ahead (shared by every open file); each holds one block and one connection. Azurite and
 # Azure both serve several streams faster than one; 4 streams of 8 MiB keep 32 MiB in flight.
 PREFETCH_THREADS = 4
 # Threads fetching the blocks readers are waiting for (a reader's own block never waits behind read-ahead).
 DEMAND_THREADS = 4
+# Files fetched ahead of a reader that opens a folder's files one after another in name order (``cat dir/*``,
+# ``tar c``, a loader over sorted shards): a small file is one GET whose fixed cost (a round trip, the server's
+# per-request work) dwarfs its bytes, so the next files are fetched while the reader is on this one. At most
+# this many files, each at most one block, and at most FOLDER_AHEAD_BYTES in all per step.
+FOLDER_AHEAD_FILES = 8
+FOLDER_AHEAD_BYTES = 16 * 1024 * 1024
+# Folders whose last opened file is remembered (to tell a walk in name order from other opens).
+_FOLDER_AHEAD_FOLDERS = 1024
 # A fetch tells waiting readers about new data every this many bytes (fewer wake-ups, yet streaming).
 STREAM_CHUNK_BYTES = 256 * 1024
 # In-memory block cache: Azure ML's mount default (DATASET_MOUNT_MEMORY_CACHE_SIZE = 128 MB) - enough for the
@@ -80,6 +93,44 @@ class Reader:
     last_block: int = -1
     prefetched_to: int = -1
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FolderAhead:
+    """Tells which files of a folder to fetch ahead when its files are opened one after another in name order."""
+
+    def __init__(self, files: int = FOLDER_AHEAD_FILES, max_bytes: int = FOLDER_AHEAD_BYTES) -> None:
+        """Remember nothing yet; fetch at most ``files`` files and ``max_bytes`` bytes ahead."""
+        self.files = files
+        self.max_bytes = max_bytes
+        self._last: OrderedDict[str, str] = OrderedDict()
+        self._sorted: tuple[Mapping[str, Entry], list[str], dict[str, int]] | None = None
+        self._lock = threading.Lock()
+
+    def next_files(self, folder: str, name: str, entries: Mapping[str, Entry]) -> list[str]:
+        """Note that ``name`` in ``folder`` was opened; return the small files to fetch ahead (none unless the
+        file opened before it there was its predecessor in name order)."""
+        with self._lock:
+            previous = self._last.pop(folder, None)
+            self._last[folder] = name
+            while len(self._last) > _FOLDER_AHEAD_FOLDERS:
+                self._last.popitem(last=False)
+            if self._sorted is None or self._sorted[0] is not entries:  # sorted once per listing
+                names = sorted(entries)
+                self._sorted = (entries, names, {n: i for i, n in enumerate(names)})
+            _, names, index = self._sorted
+        position = index.get(name)
+        if self.files <= 0 or position is None or previous is None or index.get(previous) != position - 1:
+            return []
+        found, total = [], 0
+        for candidate in names[position + 1 : position + 1 + self.files]:
+            entry = entries[candidate]
+            if entry.is_dir or entry.is_link or entry.etag is None or not 0 < entry.size <= BLOCK_SIZE:
+                continue
+            total += entry.size
+            if total > self.max_bytes:
+                break
+            found.append(candidate)
+        return found
 
 
 class _Fetch:
@@ -148,10 +199,10 @@ class BlockReader:
         self._demand = ThreadPoolExecutor(DEMAND_THREADS, thread_name_prefix="aml-mount-fetch")
         self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="aml-mount-disk")
 
-    def close(self) -> None:
-        """Stop fetching."""
+    def close(self, *, wait: bool = False) -> None:
+        """Stop fetching (``wait``: let the fetches already started finish first)."""
         for pool in (self._prefetch, self._demand, self._disk_writer):
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=wait, cancel_futures=not wait)
 
     def read(self, handle: Reader, size: int, offset: int) -> bytes:
         """Return ``size`` bytes at ``offset`` of the handle's blob version (fewer at its end).
@@ -182,6 +233,11 @@ class BlockReader:
             block = got.wait(stop) if isinstance(got, _Fetch) else got
             parts.append(memoryview(block)[start:stop])
         return parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+
+    def fetch_ahead(self, blob: str, etag: str, size: int) -> None:
+        """Start fetching the first block of a blob version (read-ahead: a file about to be opened)."""
+        if size > 0:
+            self._get(blob, etag, size, 0, demand=False)
 
     def block(self, blob: str, etag: str, size: int, index: int) -> Block:
         """Return one whole block (fetched once however many wait for it).
