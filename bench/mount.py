@@ -11,9 +11,10 @@ a user runs (``dd``, ``cat``, ``ls``) or plain ``pread`` calls:
 - 8 ``dd`` processes at once, each reading its own eighth of the 64 MiB file (MB/s in total);
 - ``ls -lR`` of the whole tree (seconds, lower is better);
 - on a read-write mount: a sequential write of 64 MiB with ``dd bs=1M conv=fsync`` (not fio: fio opens the
-  file read-write, which rclone's ``off`` mode refuses), timed until the file is closed, which for aml-identity and rclone's ``off`` mode is when it is in storage; rclone's
-  ``full`` mode closes once the file is in its local cache and uploads it later (``--vfs-write-back``), so that
-  column is not durable and the ratio for this row compares with ``off`` only.
+  file read-write, which rclone's ``off`` mode refuses), timed until the file is closed, which for aml-identity
+  and rclone's ``off`` mode is when it is in storage; rclone's ``full`` mode closes once the file is in its
+  local cache and uploads it later (``--vfs-write-back``), so that column is not durable and the ratio for this
+  row compares with ``off`` only.
 
 aml-identity runs with its memory cache only and with a disk cache (``cache_dir``); rclone (Debian's, if
 installed) reads the container through a SAS URL, since it cannot use the emulator's bearer tokens, in its
@@ -223,7 +224,7 @@ READ_AHEAD_KB: dict[str, int | None] = {}
 
 
 def _read_ahead_kb(point: Path) -> int | None:
-    device = os.stat(point).st_dev
+    device = point.stat().st_dev
     try:
         return int(Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb").read_text())
     except (OSError, ValueError):

@@ -23,8 +23,8 @@ import pytest
 from aml_identity import default_credential
 from aml_identity.datastore import Mount, mount
 from aml_identity.datastore._fuse_fs import BLOCK_SIZE, UPLOAD_SINGLE_PUT_BYTES
-from aml_identity.datastore._fuse_read import RUN_BLOCKS
 from aml_identity.datastore._fuse_main import is_stale
+from aml_identity.datastore._fuse_read import RUN_BLOCKS
 from aml_identity.errors import ConfigurationError, DatastoreError
 from aml_identity.testing import StorageAuthProxy
 

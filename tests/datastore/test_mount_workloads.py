@@ -169,7 +169,7 @@ def test_a_large_file_is_uploaded_in_blocks_while_it_is_written_and_close_only_s
         f.flush()  # in the mount's staging file; the file is still open
         staged = threading.Event()
         for _ in range(600):  # Put Block runs in the mount's upload pool, moments after each block is written
-            if len(_put_blocks(open_proxy, "out/ckpt.bin")) == 2:  # noqa: PLR2004 - the two whole blocks
+            if len(_put_blocks(open_proxy, "out/ckpt.bin")) == 2:
                 break
             staged.wait(0.05)
         before_close = len(_put_blocks(open_proxy, "out/ckpt.bin"))
@@ -177,8 +177,8 @@ def test_a_large_file_is_uploaded_in_blocks_while_it_is_written_and_close_only_s
         f.close()
         after_close = len(_put_blocks(open_proxy, "out/ckpt.bin"))
         committed, _ = store.client.get_blob_client("out/ckpt.bin").get_block_list("committed")
-    assert before_close == 2  # noqa: PLR2004 - both whole blocks were in storage before close
-    assert after_close == 3  # noqa: PLR2004 - close sent only the last 5 bytes (and the block list)
+    assert before_close == 2
+    assert after_close == 3
     assert store.read("out/ckpt.bin") == content
     assert [b.size for b in committed] == [UPLOAD_BLOCK_BYTES, UPLOAD_BLOCK_BYTES, 5]
 

@@ -20,7 +20,14 @@ from typing import Literal
 from aml_identity.datastore._errors import convert_storage_error
 from aml_identity.datastore._fuse_cache import RESERVED_FREE_DISK_BYTES, DiskCache, free_bytes
 from aml_identity.datastore._fuse_errors import StorageErrors, os_error
-from aml_identity.datastore._fuse_read import FOLDER_AHEAD_FILES, MEMORY_CACHE_BYTES, READ_AHEAD_BLOCKS, BlockReader, FolderAhead, Reader
+from aml_identity.datastore._fuse_read import (
+    FOLDER_AHEAD_FILES,
+    MEMORY_CACHE_BYTES,
+    READ_AHEAD_BLOCKS,
+    BlockReader,
+    FolderAhead,
+    Reader,
+)
 from aml_identity.datastore._fuse_tree import ATTR_CACHE_TTL_S, Entry, Namespace, split
 from aml_identity.datastore._fuse_write import Staged, StagingArea, Writer
 from aml_identity.datastore._rest import BlobRestClient, StorageHttpError

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from aml_identity._environment import JobEnvironment, check_outbound_url
 from aml_identity.datastore._fuse_cache import DEFAULT_DISK_CACHE_FRACTION, RESERVED_FREE_DISK_BYTES, free_bytes
-from aml_identity.datastore._fuse_kernel import raise_read_ahead
 from aml_identity.datastore._fuse_fs import ATTR_CACHE_TTL_S, BlobFilesystem, Mode
+from aml_identity.datastore._fuse_kernel import raise_read_ahead
 from aml_identity.datastore._rest import BearerToken, BlobRestClient
 from aml_identity.errors import ConfigurationError, DatastoreError
 

@@ -20,9 +20,9 @@ import http.client
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aml_identity.datastore._fuse_cache import DiskCache, MemoryCache, block_file_key
@@ -107,8 +107,10 @@ class FolderAhead:
         self._lock = threading.Lock()
 
     def next_files(self, folder: str, name: str, entries: Mapping[str, Entry]) -> list[str]:
-        """Note that ``name`` in ``folder`` was opened; return the small files to fetch ahead (none unless the
-        file opened before it there was its predecessor in name order)."""
+        """Note that ``name`` in ``folder`` was opened; return the small files to fetch ahead.
+
+        None unless the file opened before it in that folder was its predecessor in name order.
+        """
         with self._lock:
             previous = self._last.pop(folder, None)
             self._last[folder] = name
@@ -165,6 +167,29 @@ class _Fetch:
                     raise self.error
                 raise StorageHttpError(0, "IncompleteRead", "the block ended early", "GET", "")
             return self.buffer
+
+
+def _fill(response: http.client.HTTPResponse, fetch: _Fetch, discard: memoryview | None) -> bytearray:
+    """Read the fetch's block from the response into its buffer, telling its readers as bytes arrive.
+
+    With ``discard`` (a block an earlier attempt already handed out), read its bytes into that scratch buffer.
+    """
+    buffer = fetch.buffer
+    assert isinstance(buffer, bytearray)  # noqa: S101 - a fetch starts with its own buffer
+    view, size, got = memoryview(buffer), len(buffer), 0
+    if discard is None:
+        fetch.advance(0)
+    while got < size:
+        # A bounded slice: readinto on the response's buffered reader fills all it is given before it returns,
+        # so an unbounded one would hold readers back until the whole block had arrived.
+        into = discard[: size - got] if discard is not None else view[got : got + STREAM_CHUNK_BYTES]
+        count = response.readinto(into)
+        if not count:
+            raise http.client.IncompleteRead(b"", size - got)
+        got += count
+        if discard is None:
+            fetch.advance(got)
+    return buffer
 
 
 class BlockReader:
@@ -334,32 +359,19 @@ class BlockReader:
             self._run(*run[0])
             return
         (blob, etag, first), _ = run[0]
-        offset = first * BLOCK_SIZE
         length = sum(len(fetch.buffer) for _, fetch in run)
-        scratch = bytearray(STREAM_CHUNK_BYTES)
+        scratch = memoryview(bytearray(STREAM_CHUNK_BYTES))
 
         def sink(response: http.client.HTTPResponse) -> None:
             for key, fetch in run:  # a retry starts again from the run's first byte
-                buffer = fetch.buffer
-                assert isinstance(buffer, bytearray)  # noqa: S101 - a fetch starts with its own buffer
-                done = fetch.complete
-                view, size, got = memoryview(buffer), len(buffer), 0
-                if not done:
-                    fetch.advance(0)
-                while got < size:
-                    into = memoryview(scratch)[: size - got] if done else view[got : got + STREAM_CHUNK_BYTES]
-                    count = response.readinto(into[:STREAM_CHUNK_BYTES])
-                    if not count:
-                        raise http.client.IncompleteRead(b"", size - got)
-                    got += count
-                    if not done:
-                        fetch.advance(got)
-                if not done:
-                    self._done(key, fetch, buffer, None)
-                    self._to_disk(key, buffer)
+                if fetch.complete:  # handed out by an earlier attempt: skip its bytes
+                    _fill(response, fetch, scratch)
+                else:
+                    self._done(key, fetch, _fill(response, fetch, None), None)
+                    self._to_disk(key, fetch.buffer)
 
         try:
-            self.client.get_into(self.container, blob, offset=offset, length=length, etag=etag, sink=sink)
+            self.client.get_into(self.container, blob, offset=first * BLOCK_SIZE, length=length, etag=etag, sink=sink)
         except BaseException as exc:  # noqa: BLE001 - handed to every reader of the blocks not yet complete
             _log.debug("fetch of %s blocks %d-%d failed: %s", blob, first, first + len(run) - 1, exc)
             for key, fetch in run:
@@ -392,24 +404,9 @@ class BlockReader:
             cached = self._disk.get(self._disk_key(key), length)
             if cached is not None:
                 return cached
-        buffer = fetch.buffer
-        assert isinstance(buffer, bytearray)  # noqa: S101 - a fetch starts with its own buffer
 
         def sink(response: http.client.HTTPResponse) -> bytearray:
-            view = memoryview(buffer)
-            got = reported = 0
-            fetch.advance(0)  # a retry starts again (with the same bytes: the ETag is pinned)
-            while got < length:
-                # A bounded slice: readinto on the response's buffered reader fills all it is given before it
-                # returns, so an unbounded one would hold readers back until the whole block had arrived.
-                count = response.readinto(view[got : got + STREAM_CHUNK_BYTES])
-                if not count:
-                    raise http.client.IncompleteRead(bytes(view[:got]), length - got)
-                got += count
-                if got - reported >= STREAM_CHUNK_BYTES or got == length:
-                    fetch.advance(got)
-                    reported = got
-            return buffer
+            return _fill(response, fetch, None)  # a retry starts again (the same bytes: the ETag is pinned)
 
         block = self.client.get_into(self.container, blob, offset=offset, length=length, etag=etag, sink=sink)
         self._to_disk(key, block)
