@@ -24,7 +24,7 @@ from aml_identity import default_credential
 from aml_identity.datastore import Mount, mount
 from aml_identity.datastore._fuse_fs import BLOCK_SIZE, UPLOAD_SINGLE_PUT_BYTES
 from aml_identity.datastore._fuse_main import is_stale
-from aml_identity.datastore._fuse_read import RUN_BLOCKS
+from aml_identity.datastore._fuse_read import READ_AHEAD_BLOCKS, RUN_BLOCKS
 from aml_identity.errors import ConfigurationError, DatastoreError
 from aml_identity.testing import StorageAuthProxy
 
@@ -148,7 +148,10 @@ def test_the_disk_cache_never_exceeds_cache_size_and_serves_a_later_mount(store,
 
 def test_a_blob_replaced_in_storage_is_never_served_as_a_mix_of_two_versions(storage_job, store):
     rng = random.Random(11)
-    old, new = rng.randbytes(LARGE), rng.randbytes(LARGE)
+    # longer than what the first read fetches ahead, so some blocks are fetched after the replacement
+    fetched_at_first_read = -(-(READ_AHEAD_BLOCKS + 1) // RUN_BLOCKS) * RUN_BLOCKS
+    size = (fetched_at_first_read + 1) * BLOCK_SIZE + 100
+    old, new = rng.randbytes(size), rng.randbytes(size)
     store.seed({"data/model.bin": old})
     with mount(store.uri("data/"), attr_timeout=0) as m:
         served = bytearray()
