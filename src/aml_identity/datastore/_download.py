@@ -281,14 +281,20 @@ class _Download(Transfer):
         with self.ranged_lock:
             self.ranged.discard(state)
         state.journal.close()
+        published = False
         try:
             if item.content_md5 is not None and self._file_md5(state.partial) != item.content_md5:
                 state.journal.remove()
                 raise self._corrupt(item, state.partial)
             self._publish(item, state.partial, state.final)
             state.journal.remove()
+            published = True
         finally:
-            state.claim.release()  # after the rename: no other process may take the partial file over before
+            # Only now, after the rename: no other process may take the partial file over before it.
+            if published:
+                state.claim.release()
+            else:
+                state.claim.discard()
         self.counters.add(transferred_files=1)
 
     def release(self) -> None:
