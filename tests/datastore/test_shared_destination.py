@@ -29,6 +29,8 @@ CHILD = textwrap.dedent(
     """
 )
 NODES = 2
+# The workspace the workspace_job fixture serves (tests/datastore/conftest.py).
+WS = ("5ab5c1e7-0000-4000-8000-00000000da7a", "rg-data", "ws-data")
 RANKS_PER_NODE = 2
 
 
@@ -156,17 +158,24 @@ def test_outcome_says_transferred_then_up_to_date(storage_job, store, tmp_path):
     assert second.to_dict()["outcome"] == "up_to_date"
 
 
-def test_two_jobs_on_one_node_with_one_destination_list_once_each(storage_job, store, open_proxy, via, tmp_path):
+def test_two_jobs_on_one_node_with_one_destination_list_and_resolve_once_each(
+    workspace_job, store, open_proxy, via, tmp_path
+):
+    from aml_identity.datastore.resolve import clear_cache
+
+    workspace_job.add_datastore(WS, "shared_data", account_name="devstoreaccount1", container_name=store.name)
     store.seed({f"d/{i}.txt": b"x" * i for i in range(1, 20)})
     dest = tmp_path / "data"
     base = via(open_proxy)
     jobs = {run: {**base, "AZUREML_RUN_ID": run} for run in ("job-a", "job-b")}
 
-    # The ranks of the two jobs call in turns, as they would when both jobs start on the node at once.
-    outcomes = [
-        (run, download(store.uri("d/"), dest, once_per_node=True, progress=False, environ=jobs[run]).outcome)
-        for run in ("job-a", "job-b", "job-a", "job-b", "job-a", "job-b")
-    ]
+    # The ranks of the two jobs call in turns, as they do when both jobs start on the node at once; each rank is
+    # a process of its own, with nothing resolved yet.
+    outcomes = []
+    for run in ("job-a", "job-b", "job-a", "job-b", "job-a", "job-b"):
+        clear_cache()
+        uri = "azureml://datastores/shared_data/paths/d/"
+        outcomes.append((run, download(uri, dest, once_per_node=True, progress=False, environ=jobs[run]).outcome))
 
     assert outcomes == [
         ("job-a", "transferred"),
@@ -177,3 +186,4 @@ def test_two_jobs_on_one_node_with_one_destination_list_once_each(storage_job, s
         ("job-b", "waited"),
     ]
     assert len([r for r in open_proxy.requests if r.action == "list"]) == 2  # one per job, not one per turn
+    assert len(workspace_job.requests_for("Datastores_Get")) == 2
