@@ -15,7 +15,7 @@ import pytest
 
 from aml_identity.datastore import download
 from aml_identity.datastore._download import RANGE_SIZE
-from aml_identity.datastore._paths import claim_partial, journal_path, partial_path
+from aml_identity.datastore._paths import claim_partial, journal_path, partial_path, remove_stale_partial
 
 # Each child waits for the go signal on a pipe, so the nodes' downloads really overlap.
 CHILD = textwrap.dedent(
@@ -132,6 +132,19 @@ def test_a_partial_file_its_owner_publishes_while_we_lock_it_is_not_written(monk
     finally:
         follower.discard()
     assert final.read_bytes() == b"complete"
+
+
+def test_a_stale_partial_file_goes_but_one_being_written_stays(tmp_path):
+    final = str(tmp_path / "big.bin")
+    writer = claim_partial(final)
+    Path(journal_path(writer.path)).write_text("{}\n")
+    remove_stale_partial(final)  # a live process is writing it: left alone
+    assert Path(writer.path).exists()
+    assert Path(journal_path(writer.path)).exists()
+    writer.release()  # as a kill would: the kernel drops the lock
+    remove_stale_partial(final)
+    assert not Path(writer.path).exists()
+    assert not Path(journal_path(writer.path)).exists()
 
 
 def test_partial_names_differ_between_hosts(monkeypatch, tmp_path):

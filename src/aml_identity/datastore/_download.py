@@ -32,7 +32,7 @@ from aml_identity.datastore._paths import (
     ensure_parent,
     journal_path,
     local_path_for,
-    partial_path,
+    remove_stale_partial,
 )
 from aml_identity.datastore._rest import BlobItem, BlobRestClient, StorageHttpError
 from aml_identity.datastore.resolve import BlobLocation
@@ -111,9 +111,8 @@ class _Download(Transfer):
             raise TransferError(f"Cannot use {final!r} as the download target: {exc.strerror}.") from None
         if st is not None and st.st_size == item.size and st.st_mtime_ns == int(item.last_modified) * _NS:
             self.counters.add(skipped_files=1, bytes_skipped=item.size)
-            if item.size > SINGLE_GET_MAX:  # a kill between the rename and the journal's removal left it
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(journal_path(partial_path(final)))
+            if item.size > SINGLE_GET_MAX:  # an interrupted download of it may have left a partial file
+                remove_stale_partial(final)
             return
         self.progress.add_total(item.size)
         if item.size <= SINGLE_GET_MAX:

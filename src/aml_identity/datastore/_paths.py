@@ -35,6 +35,7 @@ __all__ = [
     "journal_path",
     "local_path_for",
     "partial_path",
+    "remove_stale_partial",
 ]
 
 PARTIAL_SUFFIX = ".aml-partial"
@@ -155,6 +156,30 @@ def claim_partial(final: str) -> ClaimedPartial:
         claimed = _try_lock(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         if not isinstance(claimed, str):
             return ClaimedPartial(private, claimed, private=True)
+
+
+def remove_stale_partial(final: str) -> None:
+    """Delete this host's partial file and journal for ``final`` unless a live process is writing them.
+
+    For a file found up to date: a process killed while another one finished the same file left them.
+    """
+    path = partial_path(final)
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(journal_path(path))  # a kill between the rename and the journal's removal left it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.path.samestat(os.fstat(fd), os.stat(path)):
+            for stale in (path, journal_path(path)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
+    except OSError:
+        pass  # busy (a live writer), renamed meanwhile, or no locks here: leave it
+    finally:
+        os.close(fd)
 
 
 def is_transfer_artifact(name: str) -> bool:
