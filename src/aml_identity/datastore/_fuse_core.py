@@ -41,9 +41,14 @@ Mode = Literal["ro", "rw"]
 
 @dataclass
 class Folder:
-    """An open folder (``opendir``): ``readdir`` gets no path with ``nullpath_ok``, so the handle keeps it."""
+    """An open folder (``opendir``): ``readdir`` gets no path with ``nullpath_ok``, so the handle keeps it.
+
+    It also keeps the listing its first ``readdir`` returned: a big folder is read in several calls, each
+    resuming at an offset into that one listing.
+    """
 
     path: str
+    listing: list[str | tuple[str, dict[str, int], int]] | None = None
 
 
 Handle = Reader | Writer | Folder

@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 from typing import Any
 
 from aml_identity.datastore._fuse_core import Folder, Mode
@@ -117,6 +116,8 @@ class BlobFilesystem(WriteOperations):
         """List a folder: its blobs and sub-prefixes, plus files and folders made through this mount."""
         handle = self._handles.get(fh)
         if isinstance(handle, Folder):
+            if handle.listing is not None:  # a later call for the same open folder: resume in the same listing
+                return handle.listing
             path = handle.path
         if path is None:
             raise os_error(errno.EBADF)
@@ -124,8 +125,9 @@ class BlobFilesystem(WriteOperations):
         entries.update(self._local_children(path))
         result: list[str | tuple[str, dict[str, int], int]] = [".", ".."]
         for name, entry in sorted(entries.items()):
-            kind = stat.S_IFDIR if entry.is_dir else stat.S_IFLNK if entry.is_link else stat.S_IFREG
-            result.append((name, {"st_mode": kind}, 0))
+            result.append((name, self._attrs(entry), 0))  # all of them: the kernel caches them (readdirplus)
+        if isinstance(handle, Folder):
+            handle.listing = result
         return result
 
     def statfs(self, path: str | None) -> dict[str, int]:

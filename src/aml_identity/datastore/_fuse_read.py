@@ -225,9 +225,14 @@ class BlockReader:
         self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="aml-mount-disk")
 
     def close(self, *, wait: bool = False) -> None:
-        """Stop fetching (``wait``: let the fetches already started finish first)."""
-        for pool in (self._prefetch, self._demand, self._disk_writer):
+        """Stop fetching (``wait``: let the fetches already started finish first).
+
+        Blocks already fetched but not yet written to the disk cache are written first, so that a later mount
+        with the same cache folder finds every block this one read.
+        """
+        for pool in (self._prefetch, self._demand):
             pool.shutdown(wait=wait, cancel_futures=not wait)
+        self._disk_writer.shutdown(wait=True)
 
     def read(self, handle: Reader, size: int, offset: int) -> bytes:
         """Return ``size`` bytes at ``offset`` of the handle's blob version (fewer at its end).
