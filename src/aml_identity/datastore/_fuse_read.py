@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -136,37 +136,58 @@ class FolderAhead:
 
 
 class _Fetch:
-    """A block being fetched: its buffer fills while readers take the bytes that have arrived."""
+    """A block being fetched: its buffer fills while readers take the bytes that have arrived.
+
+    Each waiting reader is woken once, when the bytes it asked for are there (not at every step of the fetch:
+    with the kernel's read-ahead ten readers can wait on one block, and waking them all 32 times per block cost
+    more than the reads on a busy machine).
+    """
 
     def __init__(self, length: int) -> None:
         self.buffer: Block = bytearray(length)
         self.filled = 0
         self.complete = False
         self.error: BaseException | None = None
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[int, threading.Lock]] = []  # (bytes wanted, a held lock released to wake)
 
     def advance(self, filled: int) -> None:
-        with self._cond:
+        with self._lock:
             self.filled = filled
-            self._cond.notify_all()
+            if self._waiters:
+                self._wake(lambda wanted: wanted <= filled)
 
     def finish(self, buffer: Block | None = None, error: BaseException | None = None) -> None:
-        with self._cond:
+        with self._lock:
             if buffer is not None:
                 self.buffer, self.filled = buffer, len(buffer)
             self.complete, self.error = True, error
-            self._cond.notify_all()
+            self._wake(lambda _: True)
+
+    def _wake(self, ready: Callable[[int], bool]) -> None:
+        """Release the waiters ``ready`` accepts (called with the lock held)."""
+        waiting = []
+        for wanted, gate in self._waiters:
+            if ready(wanted):
+                gate.release()
+            else:
+                waiting.append((wanted, gate))
+        self._waiters = waiting
 
     def wait(self, end: int) -> Block:
         """Return the buffer once its first ``end`` bytes are there (raises the fetch's error)."""
-        with self._cond:
-            while self.filled < end and not self.complete:
-                self._cond.wait()
-            if self.filled < end:
-                if self.error is not None:
-                    raise self.error
-                raise StorageHttpError(0, "IncompleteRead", "the block ended early", "GET", "")
-            return self.buffer
+        while True:
+            with self._lock:
+                if self.filled >= end:
+                    return self.buffer
+                if self.complete:
+                    if self.error is not None:
+                        raise self.error
+                    raise StorageHttpError(0, "IncompleteRead", "the block ended early", "GET", "")
+                gate = threading.Lock()
+                gate.acquire()
+                self._waiters.append((end, gate))
+            gate.acquire()  # released by advance() or finish(); look again (a retry may have started over)
 
 
 def _fill(response: http.client.HTTPResponse, fetch: _Fetch, discard: memoryview | None) -> bytearray:
