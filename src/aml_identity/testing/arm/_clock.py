@@ -5,11 +5,11 @@ Part of :class:`~aml_identity.testing.arm.ArmEmulator` (its ``credential()`` and
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials import AccessToken
+
+from aml_identity.testing._clock import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,18 +49,9 @@ class _EmulatorCredential:
         return f"_EmulatorCredential(object_id={self.object_id!r})"
 
 
-class _ManualClock:
-    """Emulated time: starts at the wall clock, then moves only when told to."""
-
-    def __init__(self) -> None:
-        self._now = time.time()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
+class _ManualClock(FakeClock):
+    """Emulated time: starts at the wall clock, then moves only when told to (never backwards)."""
 
     def advance(self, seconds: float) -> float:
-        with self._lock:
-            self._now += max(0.0, seconds)
-            return self._now
+        """Move time forward by ``seconds`` (a negative step is ignored) and return the new time."""
+        return super().advance(max(0.0, seconds))
