@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import gzip
 
-import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+
+import fsspec
 
 pytestmark = pytest.mark.azurite
 
@@ -106,7 +107,7 @@ def test_a_missing_blob_is_file_not_found_naming_the_path_the_caller_gave(azurem
         with pytest.raises(FileNotFoundError) as caught:
             call(missing)
         assert missing in str(caught.value), call
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.csv"):
         pd.read_csv(f"azureml://{missing}")
 
 
