@@ -120,3 +120,32 @@ def test_datasets_resolves_a_glob_over_azureml(azureml_fs, root, tmp_path, monke
     loaded = datasets.load_dataset("csv", data_files=f"azureml://{root}/**/*.csv", split="train",
                                    cache_dir=str(tmp_path))  # fmt: skip
     assert sorted(zip(loaded["a"], loaded["b"], strict=True)) == [(1, 2), (3, 4)]
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("cannot format this cell")
+
+
+def test_a_pandas_write_that_fails_midway_leaves_no_blob_and_the_old_one_untouched(azureml_fs, root, caplog):
+    uri = f"azureml://{root}/frame.csv"
+    pd.DataFrame({"a": [1, 2]}).to_csv(uri, index=False)
+    unwritable = pd.DataFrame({"a": [1, 2, _Unprintable()]})  # pandas opens the file, then fails formatting
+    for target in (uri, f"azureml://{root}/new.csv"):
+        with pytest.raises(RuntimeError, match="cannot format"):
+            unwritable.to_csv(target, index=False)
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records if r.name == "aml_identity.fsspec"] == [
+        "not committed - closed while RuntimeError was raised (the blob is left as it was)"
+    ] * 2  # pandas did open (and close) each file
+    assert pd.read_csv(uri)["a"].tolist() == [1, 2]
+    assert not azureml_fs.exists(f"{root}/new.csv")
+
+
+def test_the_long_form_uri_reads_outside_a_job_workspace(azureml_fs, root):
+    from .conftest import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE
+
+    pd.DataFrame({"a": [1, 2]}).to_csv(f"azureml://{root}/long.csv", index=False)
+    long_form = (
+        f"azureml://subscriptions/{SUBSCRIPTION}/resourcegroups/{RESOURCE_GROUP}/workspaces/{WORKSPACE}/{root}/long.csv"
+    )
+    assert pd.read_csv(long_form)["a"].tolist() == [1, 2]

@@ -264,3 +264,8 @@ def test_the_job_cost_one_token_request_per_resource(job):
     per_resource = dict(part.split(": ") for part in match[2].split(", "))
     assert per_resource == {"https://management.azure.com": "1", "https://storage.azure.com": "1"}
     assert match[1] == "2"
+
+
+def test_the_job_names_no_credential_no_account_and_no_endpoint():
+    for word in ("credential", "devstoreaccount1", "account", "token", "https://", "127.0.0.1", "storage_options"):
+        assert word not in JOB.lower(), word  # the job writes azureml://datastores/NAME/paths/... only
