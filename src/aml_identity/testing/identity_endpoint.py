@@ -400,9 +400,15 @@ class IdentityEndpoint(BackgroundServer):
         """
         self._faults.inject(*faults)
 
-    def fail_always(self, fault: Fault | None) -> None:
-        """Answer every token request with ``fault`` (ahead of the :meth:`inject` queue) until called with None."""
-        self._faults.fail_always(fault)
+    def fail_always(self, fault: Fault | None, *, until: float | None = None) -> None:
+        """Answer every token request with ``fault`` (ahead of the :meth:`inject` queue) until called with None.
+
+        Args:
+            fault: The fault, or None to stop.
+            until: When set, only requests arriving before this time by the endpoint's :attr:`clock` get the
+                fault (``fail_always(Fault.status(410), until=clock() + 75)``: "410 for 75 s").
+        """
+        self._faults.fail_always(fault, until=until)
 
     def release_hangs(self) -> None:
         """Let every request held by a ``hang`` fault go on (it is then answered normally)."""
@@ -528,7 +534,7 @@ class IdentityEndpoint(BackgroundServer):
         headers: Mapping[str, str],
         record: RecordedTokenRequest,
     ) -> None:
-        fault = self._faults.take()
+        fault = self._faults.take(record.at)
         if fault is not None and fault.kind == "reset":
             self._record(replace(record, fault="reset"))
             _LOGGER.debug("identity endpoint: %s request reset (injected fault)", protocol)
@@ -553,7 +559,13 @@ class IdentityEndpoint(BackgroundServer):
             reply = self._answer(protocol, handler.command, params, headers)
             if fault is not None:
                 reply = fault.apply(reply)
-        self._finish(handler, replace(_answered(record, reply), fault=fault.kind if fault else None), reply)
+        recorded = replace(_answered(record, reply), fault=fault.kind if fault else None)
+        if fault is not None and fault.kind == "truncated":
+            self._record(recorded)
+            _LOGGER.debug("identity endpoint: %s answer cut short (injected fault)", protocol)
+            handler.send_truncated(reply)
+            return
+        self._finish(handler, recorded, reply)
 
     def _finish(
         self,
