@@ -232,6 +232,7 @@ class FetchFailure:
         status_code: The last HTTP status, if any.
         attempts: How many requests the failed fetch sent.
         retryable: Whether trying again later may succeed.
+        name: The setting at fault (an :class:`~aml_identity.errors.IdentityNotFoundError`'s ``name``).
         pid: The process that fetched.
     """
 
@@ -243,12 +244,14 @@ class FetchFailure:
     status_code: int | None = None
     attempts: int = 1
     retryable: bool = False
+    name: str | None = None
     pid: int = 0
 
     @classmethod
     def of(cls, exc: AmlIdentityError) -> FetchFailure:
         """Record ``exc`` (a failed fetch) with a new id."""
         status = getattr(exc, "status_code", None)
+        name = getattr(exc, "name", None)
         return cls(
             failure_id=uuid.uuid4().hex,
             kind=type(exc).__name__,
@@ -258,6 +261,7 @@ class FetchFailure:
             status_code=status if isinstance(status, int) else None,
             attempts=int(getattr(exc, "attempts", 1) or 1),
             retryable=bool(getattr(exc, "retryable", False)),
+            name=name if isinstance(name, str) else None,
             pid=os.getpid(),
         )
 
@@ -285,7 +289,12 @@ class FetchFailure:
             f"{self.message} (This caller waited while {who} fetched the same token; that fetch failed after "
             f"{self.attempts} request(s), so it was not repeated.)"
         )
-        if self.kind in ("TokenRequestError", "IdentityNotFoundError"):
+        if self.kind == "IdentityNotFoundError":
+            return errors.IdentityNotFoundError(
+                message, identity=self.identity, endpoint=self.endpoint, status_code=self.status_code,
+                attempts=self.attempts, name=self.name,
+            )  # fmt: skip
+        if self.kind == "TokenRequestError":
             return errors.TokenRequestError(
                 message, identity=self.identity, endpoint=self.endpoint, status_code=self.status_code,
                 attempts=self.attempts, retryable=self.retryable,
