@@ -44,6 +44,7 @@ from aml_identity.testing._http import BackgroundServer, RequestLog
 from aml_identity.testing._identities import DEFAULT_SUBSCRIPTION_ID, EmulatedIdentity
 from aml_identity.testing._identity_http import TokenHandler, TokenServer
 from aml_identity.testing._jwt import DEFAULT_TENANT_ID
+from aml_identity.testing._secrets import register_secret
 from aml_identity.testing._mi_protocols import (
     APP_SERVICE_TOKEN_PATH,
     DEFAULT_AML_PATH,
@@ -187,6 +188,7 @@ class IdentityEndpoint(BackgroundServer):
         if secret is not None and not secret:
             raise ConfigurationError("secret is empty; pass a non-empty string or None for a random one.")
         self._secret = secret or secrets.token_urlsafe(24)
+        register_secret(self._secret)  # the test suite fails a test that shows it (testing._secrets)
         if not aml_path.startswith("/") or protocol_for_path(aml_path, "/\0") is not None:
             raise ConfigurationError(
                 f"aml_path={aml_path!r} must be a path starting with '/' other than {IMDS_TOKEN_PATH} and "
