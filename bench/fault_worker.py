@@ -12,15 +12,26 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+from aml_identity import aio
+from aml_identity.credential import default_credential
+from bench._shared_clock import SharedClock
+from bench.faults import SCOPE, HangChargingSession, observe
+
+
+def _getter(mode: str, clock: SharedClock, session: HangChargingSession) -> Callable[[], Any]:
+    """Create the credential (sync or async) and return a call that gets one token with it."""
+    if mode == "sync":
+        credential = default_credential(clock=clock, sleep=clock.sleep, session=session)
+        return lambda: credential.get_token(SCOPE)
+    async_credential = aio.default_credential(clock=clock, sleep=clock.sleep, session=session)
+    return lambda: asyncio.run(async_credential.get_token(SCOPE))
 
 
 def main() -> None:
-    from aml_identity import aio
-    from aml_identity.credential import default_credential
-    from bench._shared_clock import SharedClock
-    from bench.faults import SCOPE, HangChargingSession, observe
-
+    """Run commands from stdin until it closes."""
     for line in sys.stdin:
         command = json.loads(line)
         for name in list(os.environ):
@@ -29,18 +40,7 @@ def main() -> None:
         os.environ.update(command["environ"])
         clock = SharedClock(command["clock"])
         session = HangChargingSession(clock.advance)
-        if command["mode"] == "sync":
-            credential = default_credential(clock=clock, sleep=clock.sleep, session=session)
-
-            def get() -> Any:
-                return credential.get_token(SCOPE)
-
-        else:
-            async_credential = aio.default_credential(clock=clock, sleep=clock.sleep, session=session)
-
-            def get() -> Any:
-                return asyncio.run(async_credential.get_token(SCOPE))
-
+        get = _getter(command["mode"], clock, session)
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         if sys.stdin.readline().strip() != "go":

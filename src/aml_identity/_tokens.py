@@ -490,9 +490,14 @@ class TokenStore:
     def _newest(self, key: str) -> CachedToken | None:
         """The newer of the in-memory and node-cache tokens for ``key``."""
         mem = self.memory.get(key)
-        if self.node is None:
+        node = self.node
+        if node is None:
             return mem
-        disk = self.node.read(key)
+        try:
+            disk = node.read(key)
+        except UnsafeCacheError as exc:
+            self._refuse_node(exc)
+            return mem
         if disk is None:
             return mem
         if mem is None or disk.expires_on > mem.expires_on or disk.refresh_failed_at != mem.refresh_failed_at:
@@ -549,8 +554,9 @@ class TokenStore:
                     self._failed_at[key] = failed_at
                     marked = replace(latest, refresh_failed_at=int(failed_at))
                     self.memory[key] = marked
-                    if self.node is not None:
-                        self.node.write(key, marked)
+                    node = self.node
+                    if node is not None:
+                        node.write(key, marked)
                     _log.warning(
                         "Proactive token refresh failed; the current token stays valid until %d (in %d s) and the "
                         "refresh is retried in %d s. %s",
@@ -593,13 +599,15 @@ class TokenStore:
     def _last_failure(self, key: str) -> tuple[str | None, str | None]:
         """The ids of the newest failed fetches of ``key`` recorded in this process and on the node."""
         local = self._failures.get(key)
-        node = self.node.read_failure(key) if self.node is not None else None
+        cache = self.node
+        node = cache.read_failure(key) if cache is not None else None
         return (local.failure_id if local else None, node.failure_id if node else None)
 
     def _raise_if_failed_since(self, key: str, before: tuple[str | None, str | None], *, node: bool) -> None:
         """Raise the failure of a fetch that ended while this caller waited (``before``: the ids it saw)."""
         if node:
-            failure = self.node.read_failure(key) if self.node is not None else None
+            cache = self.node
+            failure = cache.read_failure(key) if cache is not None else None
             seen = before[1]
         else:
             failure = self._failures.get(key)
@@ -610,11 +618,12 @@ class TokenStore:
     def _record_failure(self, key: str, exc: AmlIdentityError) -> None:
         failure = FetchFailure.of(exc)
         self._failures[key] = failure
-        if self.node is not None:
+        node = self.node
+        if node is not None:
             try:
-                self.node.write_failure(key, failure)
+                node.write_failure(key, failure)
             except OSError as err:  # the waiters then repeat the fetch: slower, still correct
-                _log.debug("cannot record the failed fetch in %s: %s", self.node.directory, err.strerror)
+                _log.debug("cannot record the failed fetch in %s: %s", node.directory, err.strerror)
 
     def _usable(self, token: CachedToken | None, stale: CachedToken | None) -> bool:
         """Whether another thread or process already produced a token good enough for this caller."""
@@ -635,8 +644,21 @@ class TokenStore:
     def _store(self, key: str, token: CachedToken) -> None:
         self._failed_at.pop(key, None)
         self.memory[key] = token
-        if self.node is not None:
-            self.node.write(key, token)
+        node = self.node
+        if node is not None:
+            node.write(key, token)
+
+    def _refuse_node(self, exc: UnsafeCacheError) -> None:
+        """Stop using the node cache after finding an unsafe file in it: keep tokens in this process only."""
+        if self.node is None:
+            return
+        self.node = None
+        _log.warning(
+            "Node-wide token cache disabled: %s; token cache not used. Tokens are cached in this process only, so "
+            "each process asks the identity endpoint itself. Remove the file, or set AML_IDENTITY_CACHE_DIR to a "
+            "private directory.",
+            exc.message,
+        )
 
 
 def cache_key(*parts: str) -> str:

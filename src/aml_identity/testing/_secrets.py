@@ -27,7 +27,7 @@ EMULATOR_JWT_HEADER = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImFtbC1pZGVudGl0eS1lbXVsYXRvc
 # The header, a dot, and at least this much of the claims segment: the claims of a token (who it is for,
 # when it expires) are enough to matter even without the signature.
 _MIN_CLAIMS_CHARS = 16
-_TOKEN_RE = re.compile(re.escape(EMULATOR_JWT_HEADER) + r"\.[A-Za-z0-9_-]{%d,}" % _MIN_CLAIMS_CHARS)
+_TOKEN_RE = re.compile(re.escape(EMULATOR_JWT_HEADER) + rf"\.[A-Za-z0-9_-]{{{_MIN_CLAIMS_CHARS},}}")
 # Secrets shorter than this are not searched for: a test may pass a short made-up secret ("s3cret") that
 # also occurs in ordinary text. The emulators' own random secrets are 32 characters.
 MIN_SECRET_CHARS = 12

@@ -44,7 +44,6 @@ from aml_identity.testing._http import BackgroundServer, RequestLog
 from aml_identity.testing._identities import DEFAULT_SUBSCRIPTION_ID, EmulatedIdentity
 from aml_identity.testing._identity_http import TokenHandler, TokenServer
 from aml_identity.testing._jwt import DEFAULT_TENANT_ID
-from aml_identity.testing._secrets import register_secret
 from aml_identity.testing._mi_protocols import (
     APP_SERVICE_TOKEN_PATH,
     DEFAULT_AML_PATH,
@@ -60,6 +59,7 @@ from aml_identity.testing._mi_protocols import (
     text_reply,
     throttled_reply,
 )
+from aml_identity.testing._secrets import register_secret
 
 if TYPE_CHECKING:
     from typing_extensions import Self
