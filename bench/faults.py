@@ -307,6 +307,7 @@ def run_herd(scenario: Scenario, mode: str, workers: list[subprocess.Popen[str]]
     """Run one scenario in every worker process at once, sharing one node cache and one clock."""
     clock_file = tmp / f"{scenario.key}-{mode}.clock"
     clock = SharedClock(clock_file, start=time.time())
+    clock.expect(len(workers))
     wall = time.perf_counter()
     try:
         with IdentityEndpoint(clock=clock) as endpoint:
@@ -413,7 +414,10 @@ def render(rows: list[Row]) -> str:
             lines += [
                 (
                     "Real processes started together on a cold cache, sharing the injected clock through a file; "
-                    "time is the slowest process's, wall time is for information only."
+                    "time is the slowest process's, wall time is for information only. Processes that were waiting "
+                    "while another one fetched share its token or its error; a failure that comes without retries "
+                    "(malformed, incomplete or oversized answers) can end before a late process starts waiting, "
+                    "and that process asks once more, so those rows show 1 or 2 requests."
                 ),
                 "",
                 "| fault | outcome | endpoint requests | time to outcome (s) | wall (s) | within bound | detail |",

@@ -188,6 +188,11 @@ def _read_capped(response: requests.Response) -> _Received:
         declared = int(declared_text) if declared_text and declared_text.isdigit() else None
         if declared is not None and declared > MAX_RESPONSE_BYTES:
             raise _OversizedError(response.status_code, declared)
+        if response.raw is None:  # a transport adapter that built the body in memory
+            content = response.content
+            if len(content) > MAX_RESPONSE_BYTES:
+                raise _OversizedError(response.status_code, len(content))
+            return _Received(response.status_code, response.headers, content, response.encoding)
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_content(_READ_CHUNK_BYTES):
