@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
 import re
 import ssl
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -81,6 +82,15 @@ _ACCOUNT_SCHEMES = ("az://", "abfs://", "abfss://", "wasb://", "wasbs://")
 
 def _join(root: str, blob: str) -> str:
     return f"{root}/{blob}" if blob else root
+
+
+@contextlib.contextmanager
+def _named(path: str) -> Iterator[None]:
+    """Name ``path`` (the file system's path) in a ``FileNotFoundError`` raised inside, not the container's blob name."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(exc.errno or errno.ENOENT, exc.strerror or "No such file or directory", path) from None
 
 
 def _directory(name: str, mtime: float | None = None) -> dict[str, Any]:
@@ -371,7 +381,8 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
             size = (await self._info(path))["size"]
             start = max(size + start, 0) if start is not None and start < 0 else start
             end = max(size + end, 0) if end is not None and end < 0 else end
-        return await self._call(store.get, blob, start, end)
+        with _named(self._strip_protocol(path)):
+            return await self._call(store.get, blob, start, end)
 
     async def _get_file(self, rpath: str, lpath: str, callback: Any = DEFAULT_CALLBACK, **kwargs: Any) -> None:
         info = await self._info(rpath)
@@ -556,7 +567,8 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
 
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
         store, _, blob = await self._target(path)
-        await self._call(store.delete, blob)
+        with _named(self._strip_protocol(path)):
+            await self._call(store.delete, blob)
         self.invalidate_cache(path)
 
     async def _rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any) -> None:  # noqa: FBT001, FBT002 - fsspec's signature
@@ -584,8 +596,6 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
 
     def rmdir(self, path: str) -> None:
         """Remove an empty folder (``OSError`` ENOTEMPTY when it has files)."""
-        import errno  # noqa: PLC0415
-
         path = self._strip_protocol(path)
         root, blob = self._split(path)
         store = self._store_sync(root)
