@@ -1,11 +1,11 @@
-"""``python -m bench NAME [options]``: run one benchmark (tokens, transfer, mount, imports) or ``all``."""
+"""``python -m bench NAME [options]``: run one benchmark (tokens, transfer, mount, imports, faults) or ``all``."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("tokens", "transfer", "mount", "imports")
+BENCHMARKS = ("tokens", "transfer", "mount", "imports", "faults")
 
 
 def main(argv: list[str]) -> int:
