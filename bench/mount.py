@@ -5,7 +5,7 @@ fresh mount (cold: nothing cached, the listing included) unless it says warm, th
 a user runs (``dd``, ``cat``, ``ls``) or plain ``pread`` calls:
 
 - cold ``dd bs=1M`` of the 64 MiB file, and ``cat`` of it;
-- ``cat`` of the 200 small files, cold;
+- ``cat`` of the small files, cold;
 - warm: ``dd`` of the 64 MiB file again through the same mount;
 - 4 KiB reads at random offsets of the 64 MiB file (IOPS, fresh mount);
 - 8 ``dd`` processes at once, each reading its own eighth of the 64 MiB file (MB/s in total);
@@ -100,7 +100,7 @@ def cold_cat(root: Path) -> float:
 
 
 def small_files(root: Path) -> float:
-    """MB/s of ``cat`` of the 200 small files."""
+    """MB/s of ``cat`` of the small files."""
     files = sorted((root / SMALL_DIR).iterdir())
     size = sum(f.stat().st_size for f in files)
     return size / _timed(["sh", "-c", f"cat '{root / SMALL_DIR}'/* > /dev/null"]) / MB
@@ -162,16 +162,23 @@ def sequential_write(root: Path) -> float:
     return (WRITE_MIB << 20) / _timed(command) / MB
 
 
-WORKLOADS: list[tuple[str, str, Workload, bool]] = [  # name, unit, run, higher is better
-    ("cold `dd bs=1M`, 64 MiB", "MB/s", cold_dd, True),
-    ("cold `cat`, 64 MiB", "MB/s", cold_cat, True),
-    ("cold `cat` of 200 x 256 KiB", "MB/s", small_files, True),
+WORKLOADS: list[tuple[str, str, Workload, bool]] = [  # name (a template: see label()), unit, run, higher is better
+    ("cold `dd bs=1M`, {big} MiB", "MB/s", cold_dd, True),
+    ("cold `cat`, {big} MiB", "MB/s", cold_cat, True),
+    ("cold `cat` of {small} x 256 KiB", "MB/s", small_files, True),
     ("warm `dd bs=1M` (second read)", "MB/s", warm_dd, True),
     ("4 KiB random reads", "IOPS", random_reads, True),
     ("8 parallel `dd` readers", "MB/s", parallel_readers, True),
     ("`ls -lR`", "s", ls_lr, False),
-    ("sequential write, 64 MiB (rw mount)", "MB/s", sequential_write, True),
+    ("sequential write, {write} MiB (rw mount)", "MB/s", sequential_write, True),
 ]
+
+
+def label(name: str, big_mib: int, small_count: int) -> str:
+    """A workload's name with this run's data set sizes (``--quick`` runs a smaller one)."""
+    return name.format(big=big_mib, small=small_count, write=WRITE_MIB)
+
+
 # Workloads that need a read-write mount, and the rclone modes whose numbers for them are not comparable (the
 # write returns before the data is in storage).
 WRITE_WORKLOADS = frozenset({sequential_write})
@@ -275,7 +282,8 @@ def run(big_mib: int, small_count: int, runs: int) -> tuple[list[str], dict[str,
         os.environ.update(_environ(azurite, endpoint, scratch / "tokens"))
         try:
             for _ in range(runs):
-                for name, _unit, workload, _higher in WORKLOADS:
+                for template, _unit, workload, _higher in WORKLOADS:
+                    name = label(template, big_mib, small_count)
                     for peer, start in peers.items():
                         with start(workload in WRITE_WORKLOADS) as root:
                             value = workload(root)
@@ -349,7 +357,8 @@ def _table(peers: list[str], medians: dict[str, dict[str, float]], big_mib: int,
         "| " + " | ".join(header) + " |",
         "|" + "---|" * 2 + "---:|" * (len(header) - 2),
     ]
-    for name, unit, run, higher in WORKLOADS:
+    for template, unit, run, higher in WORKLOADS:
+        name = label(template, big_mib, small)
         row = medians.get(name, {})
         values = [row.get(p) for p in theirs if not (run in WRITE_WORKLOADS and p in NOT_DURABLE)]
         known = [v for v in values if v]
