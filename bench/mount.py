@@ -334,6 +334,11 @@ PROFILE = """\
   and `cat` waits for each in turn: the mount now fetches the next small files of a folder read in name order.
   `ls -lR` and `cat dir/*` cost one `getattr` round trip per file (52 for a folder of 50); with readdirplus
   (libfuse forwards attributes only for entries listed with non-zero offsets, which mfusepy does not give) 1.
+- *CPU per cold `dd` of the file* (each process's `/proc` times, load 5-6): the mount 0.14-0.15 s, rclone 0.21-0.24 s
+  (`full`) and 0.29-0.30 s (`off`); Azurite 0.07-0.09 s serving our 2 GETs, about as much as rclone's. Wall time
+  at that load 0.20-0.26 s ours, 0.22-0.30 s rclone `full`: the rest is the machine (3 processes on 2 shared cores).
+- *Tried and not kept* (4 interleaved runs each, no difference beyond the noise): the whole file in one 64 MiB GET
+  (`RUN_BLOCKS` 8) instead of two 32 MiB GETs in flight; streaming in 1 MiB steps instead of 256 KiB.
 - *Not found to matter:* FUSE `max_read` (0, no limit: requests are bounded by `max_pages`), TLS and HTTP
   parsing on the client (0.08-0.13 s of CPU per 64 MiB).
 - *The machine.* All of this ran beside other sessions' test suites on the same 2 cores: wall time is mostly waiting for
