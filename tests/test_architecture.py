@@ -140,3 +140,18 @@ def test_the_runtime_core_imports_neither_datastore_nor_provisioning(module):
 
 def test_testing_never_imports_the_cli():
     assert _violations("aml_identity.testing", ("aml_identity.cli",)) == []
+
+
+# The longest a module under src/aml_identity may be. Past it a module holds more than one concern, reviews of
+# it conflict, and a reader cannot keep it in view: split it by concern into private modules, re-exporting the
+# names its callers import (as datastore/_rest.py does with _blob_answers.py).
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_longer_than_the_limit():
+    too_long = {
+        name: lines
+        for name, path in MODULES.items()
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert too_long == {}, f"modules over {MAX_MODULE_LINES} lines; split them by concern: {too_long}"

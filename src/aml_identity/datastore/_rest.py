@@ -388,14 +388,7 @@ class BlobRestClient:
         Returns:
             The blobs and the marker of the next page (``None`` after the last page).
         """
-        query = f"?restype=container&comp=list&include=metadata&maxresults={LIST_PAGE_SIZE}"
-        if prefix:
-            query += "&prefix=" + quote(prefix, safe="")
-        if marker:
-            query += "&marker=" + quote(marker, safe="")
-        body = self.request("GET", self.blob_path(container) + query, resource=f"{container}/{prefix}")
-        assert isinstance(body, bytes)  # noqa: S101 - no reader given, so the body
-        return parse_listing(body)
+        return parse_listing(self._list(container, prefix, marker, delimited=False))
 
     def get_into(
         self,
@@ -479,14 +472,19 @@ class BlobRestClient:
 
     def list_folder_page(self, container: str, prefix: str, marker: str | None) -> FolderPage:
         """List one page of what is directly in the folder ``prefix`` (delimited by ``/``, with metadata)."""
-        query = f"?restype=container&comp=list&delimiter=%2F&include=metadata&maxresults={LIST_PAGE_SIZE}"
+        return parse_folder_listing(self._list(container, prefix, marker, delimited=True))
+
+    def _list(self, container: str, prefix: str, marker: str | None, *, delimited: bool) -> bytes:
+        """Send one List Blobs request (with metadata; delimited by ``/`` or flat) and return its XML."""
+        delimiter = "&delimiter=%2F" if delimited else ""
+        query = f"?restype=container&comp=list{delimiter}&include=metadata&maxresults={LIST_PAGE_SIZE}"
         if prefix:
             query += "&prefix=" + quote(prefix, safe="")
         if marker:
             query += "&marker=" + quote(marker, safe="")
         body = self.request("GET", self.blob_path(container) + query, resource=f"{container}/{prefix}")
         assert isinstance(body, bytes)  # noqa: S101 - no reader given, so the body
-        return parse_folder_listing(body)
+        return body
 
     def get_properties(self, container: str, name: str) -> BlobProperties:
         """Return a blob's ETag, size, time and metadata (Get Blob Properties)."""
