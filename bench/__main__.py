@@ -1,7 +1,7 @@
-"""``python -m bench NAME [options]``: run one benchmark or ``all`` of the performance ones.
+"""``python -m bench NAME [options]``: run one benchmark (tokens, transfer, mount, imports, faults) or ``all``.
 
 Performance (``docs/performance.md``): tokens, transfer, mount, imports. Reliability (``docs/reliability.md``):
-storage-faults, and soak (``--minutes 30``; not part of ``all``).
+faults, storage-faults, and soak (``--minutes 30``; neither storage-faults nor soak is part of ``all``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("tokens", "transfer", "mount", "imports")
+BENCHMARKS = ("tokens", "transfer", "mount", "imports", "faults")
 
 
 def main(argv: list[str]) -> int:

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +49,7 @@ __all__ = [
     "MANDATORY_WINDOW_S",
     "REFRESH_BEFORE_EXPIRY_S",
     "CachedToken",
+    "FetchFailure",
     "NodeCache",
     "TokenState",
     "TokenStore",
@@ -82,6 +84,8 @@ NODE_LOCK_WAIT_MARGIN_S = 30.0
 NODE_LOCK_POLL_S = 0.01
 # Cache file format version; a file with another version is ignored (and overwritten on the next fetch).
 CACHE_FORMAT = 1
+# The suffix of the file recording a node's last failed fetch of a token (see FetchFailure).
+_FAILURE_SUFFIX = ".failed"
 
 
 class TokenState(enum.Enum):
@@ -221,6 +225,97 @@ def new_token(
     )
 
 
+@dataclass(frozen=True)
+class FetchFailure:
+    """A fetch that failed while other callers waited for it; they raise it instead of repeating it.
+
+    A mandatory fetch can spend the identity endpoint's whole retry budget (90 s by default). The threads
+    and processes that waited on the lock meanwhile asked for the same token at the same time: repeating
+    the budget one after another would turn one outage of 90 s into 90 s per waiting process. Each
+    waiter notes the failure record before it waits; if a new one appears while it waits, it raises that
+    failure at once. A caller that arrives after the failure tries again itself.
+
+    Attributes:
+        failure_id: Unique per failure (a record changes exactly when a new fetch fails).
+        kind: The error class name (``TokenRequestError``, ``IdentityNotFoundError``...).
+        message: The error's message (messages never hold a token or secret).
+        identity: The identity asked for.
+        endpoint: The endpoint asked.
+        status_code: The last HTTP status, if any.
+        attempts: How many requests the failed fetch sent.
+        retryable: Whether trying again later may succeed.
+        name: The setting at fault (an :class:`~aml_identity.errors.IdentityNotFoundError`'s ``name``).
+        pid: The process that fetched.
+    """
+
+    failure_id: str
+    kind: str
+    message: str
+    identity: str = ""
+    endpoint: str = ""
+    status_code: int | None = None
+    attempts: int = 1
+    retryable: bool = False
+    name: str | None = None
+    pid: int = 0
+
+    @classmethod
+    def of(cls, exc: AmlIdentityError) -> FetchFailure:
+        """Record ``exc`` (a failed fetch) with a new id."""
+        status = getattr(exc, "status_code", None)
+        name = getattr(exc, "name", None)
+        return cls(
+            failure_id=uuid.uuid4().hex,
+            kind=type(exc).__name__,
+            message=str(getattr(exc, "message", None) or exc),
+            identity=str(getattr(exc, "identity", "") or ""),
+            endpoint=str(getattr(exc, "endpoint", "") or ""),
+            status_code=status if isinstance(status, int) else None,
+            attempts=int(getattr(exc, "attempts", 1) or 1),
+            retryable=bool(getattr(exc, "retryable", False)),
+            name=name if isinstance(name, str) else None,
+            pid=os.getpid(),
+        )
+
+    def to_json(self) -> str:
+        """Serialise for the node cache."""
+        return json.dumps({"format": CACHE_FORMAT, **self.__dict__})
+
+    @classmethod
+    def from_json(cls, text: str) -> FetchFailure | None:
+        """Parse a failure record; None when it is not one this version understands."""
+        try:
+            data = json.loads(text)
+            if data.pop("format") != CACHE_FORMAT:
+                return None
+            return cls(**data)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def error(self) -> AmlIdentityError:
+        """Return the error for a caller that waited on this failed fetch (a new instance per caller)."""
+        from aml_identity import errors  # noqa: PLC0415 - the Azure-based errors load on first use
+
+        who = "this process" if self.pid == os.getpid() else f"process {self.pid} on this node"
+        message = (
+            f"{self.message} (This caller waited while {who} fetched the same token; that fetch failed after "
+            f"{self.attempts} request(s), so it was not repeated.)"
+        )
+        if self.kind == "IdentityNotFoundError":
+            return errors.IdentityNotFoundError(
+                message, identity=self.identity, endpoint=self.endpoint, status_code=self.status_code,
+                attempts=self.attempts, name=self.name,
+            )  # fmt: skip
+        if self.kind == "TokenRequestError":
+            return errors.TokenRequestError(
+                message, identity=self.identity, endpoint=self.endpoint, status_code=self.status_code,
+                attempts=self.attempts, retryable=self.retryable,
+            )  # fmt: skip
+        if self.kind in ("IdentityUnavailableError", "IdentityNotConfiguredError"):
+            return errors.IdentityUnavailableError(message)
+        return AmlIdentityError(message)
+
+
 def default_cache_dir(cache_dir: str | None, xdg_runtime_dir: str | None) -> Path:
     """Return the node cache directory: the override, else tmpfs, else the user's runtime or cache dir.
 
@@ -310,6 +405,33 @@ class NodeCache:
             tmp.unlink(missing_ok=True)
             raise
 
+    def read_failure(self, name: str) -> FetchFailure | None:
+        """Return the last failed fetch recorded for ``name``, or None (a symlink or foreign file is ignored)."""
+        path = self.directory / f"{name}{_FAILURE_SUFFIX}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with os.fdopen(fd, "r", encoding="utf-8") as f:
+            try:
+                check_owned_private(os.fstat(f.fileno()), path, is_dir=False, uid=self.uid)
+            except UnsafeCacheError:
+                return None
+            return FetchFailure.from_json(f.read())
+
+    def write_failure(self, name: str, failure: FetchFailure) -> None:
+        """Record a failed fetch for ``name`` atomically (0600, like the token files)."""
+        path = self.directory / f"{name}{_FAILURE_SUFFIX}"
+        tmp = self.directory / f".{name}.{os.getpid()}.{threading.get_ident()}.failed.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(failure.to_json())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
     @contextlib.contextmanager
     def lock(self, name: str, *, blocking: bool, timeout: float) -> Iterator[bool]:
         """Hold the node-wide lock for ``name``; yields whether it was acquired.
@@ -361,6 +483,7 @@ class TokenStore:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._failed_at: dict[str, float] = {}
+        self._failures: dict[str, FetchFailure] = {}
 
     def after_fork(self) -> None:
         """Drop locks inherited from the parent process; keep the tokens (they are still valid)."""
@@ -379,9 +502,14 @@ class TokenStore:
     def _newest(self, key: str) -> CachedToken | None:
         """The newer of the in-memory and node-cache tokens for ``key``."""
         mem = self.memory.get(key)
-        if self.node is None:
+        node = self.node
+        if node is None:
             return mem
-        disk = self.node.read(key)
+        try:
+            disk = node.read(key)
+        except UnsafeCacheError as exc:
+            self._refuse_node(exc)
+            return mem
         if disk is None:
             return mem
         if mem is None or disk.expires_on > mem.expires_on or disk.refresh_failed_at != mem.refresh_failed_at:
@@ -442,8 +570,9 @@ class TokenStore:
                     self._failed_at[key] = failed_at
                     marked = replace(latest, refresh_failed_at=int(failed_at))
                     self.memory[key] = marked
-                    if self.node is not None:
-                        self.node.write(key, marked)
+                    node = self.node
+                    if node is not None:
+                        node.write(key, marked)
                     _log.warning(
                         "Proactive token refresh failed; the current token is used until %d (in %d s) and the "
                         "refresh is retried in %d s. %s",
@@ -456,11 +585,13 @@ class TokenStore:
             lock.release()
 
     def _mandatory(self, key: str, fetch: Fetch, *, stale: CachedToken | None) -> CachedToken:
+        before = self._last_failure(key)  # a new failure while this caller waits is shared, not repeated
         with self._lock_for(key):
             current = self.memory.get(key)
             if self._usable(current, stale):
                 assert current is not None  # noqa: S101 - narrowed by _usable
                 return current
+            self._raise_if_failed_since(key, before, node=False)
             with self._node_lock(key, blocking=True) as acquired:
                 if not acquired:
                     msg = (
@@ -472,9 +603,43 @@ class TokenStore:
                 if self._usable(current, stale):
                     assert current is not None  # noqa: S101
                     return current
-                token = fetch()
+                self._raise_if_failed_since(key, before, node=True)
+                try:
+                    token = fetch()
+                except AmlIdentityError as exc:
+                    self._record_failure(key, exc)
+                    raise
                 self._store(key, token)
                 return token
+
+    def _last_failure(self, key: str) -> tuple[str | None, str | None]:
+        """The ids of the newest failed fetches of ``key`` recorded in this process and on the node."""
+        local = self._failures.get(key)
+        cache = self.node
+        node = cache.read_failure(key) if cache is not None else None
+        return (local.failure_id if local else None, node.failure_id if node else None)
+
+    def _raise_if_failed_since(self, key: str, before: tuple[str | None, str | None], *, node: bool) -> None:
+        """Raise the failure of a fetch that ended while this caller waited (``before``: the ids it saw)."""
+        if node:
+            cache = self.node
+            failure = cache.read_failure(key) if cache is not None else None
+            seen = before[1]
+        else:
+            failure = self._failures.get(key)
+            seen = before[0]
+        if failure is not None and failure.failure_id != seen:
+            raise failure.error()
+
+    def _record_failure(self, key: str, exc: AmlIdentityError) -> None:
+        failure = FetchFailure.of(exc)
+        self._failures[key] = failure
+        node = self.node
+        if node is not None:
+            try:
+                node.write_failure(key, failure)
+            except OSError as err:  # the waiters then repeat the fetch: slower, still correct
+                _log.debug("cannot record the failed fetch in %s: %s", node.directory, err.strerror)
 
     def _usable(self, token: CachedToken | None, stale: CachedToken | None) -> bool:
         """Whether another thread or process already produced a token good enough for this caller."""
@@ -495,8 +660,21 @@ class TokenStore:
     def _store(self, key: str, token: CachedToken) -> None:
         self._failed_at.pop(key, None)
         self.memory[key] = token
-        if self.node is not None:
-            self.node.write(key, token)
+        node = self.node
+        if node is not None:
+            node.write(key, token)
+
+    def _refuse_node(self, exc: UnsafeCacheError) -> None:
+        """Stop using the node cache after finding an unsafe file in it: keep tokens in this process only."""
+        if self.node is None:
+            return
+        self.node = None
+        _log.warning(
+            "Node-wide token cache disabled: %s; token cache not used. Tokens are cached in this process only, so "
+            "each process asks the identity endpoint itself. Remove the file, or set AML_IDENTITY_CACHE_DIR to a "
+            "private directory.",
+            exc.message,
+        )
 
 
 def cache_key(*parts: str) -> str:
