@@ -21,7 +21,7 @@ import pytest
 import aml_identity
 from aml_identity import RetryPolicy, TokenRequestError, default_credential, errors
 from aml_identity._fetch import MAX_RESPONSE_BYTES
-from aml_identity._tokens import NodeCache, TokenStore, new_token
+from aml_identity._tokens import MANDATORY_WINDOW_S, NodeCache, TokenStore, new_token
 from aml_identity.testing import FakeClock
 from aml_identity.testing.identity_endpoint import Fault
 
@@ -141,7 +141,8 @@ class TestWhatTheMatrixFound:
     def test_expires_on_as_a_date_string_gives_the_right_expiry(self, aml, clock):
         aml.inject(Fault.expires_on_as_date())
         token = default_credential(clock=clock, sleep=clock.sleep).get_token(STORAGE)
-        assert token.expires_on == int(clock()) + aml.token_lifetime
+        # The credential reports the start of the mandatory window (5 min before the JWT's exp) as the expiry.
+        assert token.expires_on == int(clock()) + aml.token_lifetime - MANDATORY_WINDOW_S
 
     def test_410_for_75_seconds_ends_in_a_token(self, aml, clock):
         aml.fail_always(Fault.status(410), until=clock() + 75)

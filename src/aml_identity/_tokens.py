@@ -8,6 +8,13 @@
 * **Refresh**: a token is *fresh* until ``refresh_on``; then, in the *advisory* window, one caller refreshes
   while the others keep using the valid token and a failure is only logged (and not retried for 30 s);
   in the *mandatory* window (the last 5 minutes) callers block on one refresh and a failure raises.
+* **Hand-out margin**: a token is never handed out with less than its mandatory window left (5 min, or a
+  quarter of the lifetime for tokens under 20 min). The ``expires_on`` that callers see (``AccessToken``,
+  ``AccessTokenInfo``) is therefore the start of that window, not the JWT's ``exp``: azure-core's bearer
+  policy keeps a token until ``min(refresh_on + up to 60 s of jitter, expires_on)``, so reporting the real
+  expiry let it send a 30 s token in its last second, which storage rejected in flight (401/403, not
+  retried). A caller that comes back at the reported expiry finds the token in its mandatory window and
+  gets a new one first.
 
 The directory is per user, in tmpfs when there is one, mode 0700; files are 0600 and written atomically.
 A directory or file that another user owns, that is group/world-writable, or that is reached through a
@@ -58,14 +65,16 @@ _log = logging.getLogger("aml_identity.tokens")
 HALF_LIFE_MIN_LIFETIME_S = 2 * 3600
 # Shorter tokens refresh 5 min before expiry (azure-identity's DEFAULT_REFRESH_OFFSET, MSAL's "expired" margin).
 REFRESH_BEFORE_EXPIRY_S = 5 * 60
-# The last 5 min of a token's life: callers block on a refresh and a failure raises. Also the margin
-# azure-core's bearer policy keeps, so a token we hand out is never one the SDK would discard at once.
+# The last 5 min of a token's life: callers block on a refresh and a failure raises. It is also the hand-out
+# margin: no caller gets a token with less life left (the expiry callers see is the window's start), so a
+# request signed with it cannot expire in flight, on a retry or on a slow upload of one block.
 MANDATORY_WINDOW_S = 5 * 60
 # A failed advisory refresh is retried no sooner than this (azure-identity's DEFAULT_TOKEN_REFRESH_RETRY_DELAY):
 # the valid token keeps the job running and the endpoint is not hammered while it is unwell.
 ADVISORY_RETRY_DELAY_S = 30
 # For very short-lived tokens (tests, some emulators) the windows shrink to these fractions of the lifetime,
-# so a 60 s token refreshes after 30 s instead of on every call.
+# so a 60 s token refreshes after 30 s instead of on every call, and a 30 s token is handed out with at least
+# 7 s left (a request spends milliseconds in flight on loopback, seconds at worst on a loaded node).
 SHORT_TOKEN_REFRESH_FRACTION = 0.5
 SHORT_TOKEN_MANDATORY_FRACTION = 0.25
 # How long a process waits for another process's fetch before giving up; longer than the identity endpoint's
@@ -117,11 +126,14 @@ class CachedToken:
         # azure-core is imported with the first token, not with aml_identity (its package imports the pipeline).
         from aml_identity._access_token import MaskedAccessToken, MaskedAccessTokenInfo  # noqa: PLC0415
 
-        object.__setattr__(self, "access_token", MaskedAccessToken(self.token, self.expires_on))
+        # Callers see the hand-out deadline as the expiry (see the module docstring): an SDK that caches the
+        # token stops using it while it still has its mandatory window left, and asks again.
+        use_by = self.mandatory_on
+        object.__setattr__(self, "access_token", MaskedAccessToken(self.token, use_by))
         object.__setattr__(
             self,
             "info",
-            MaskedAccessTokenInfo(self.token, self.expires_on, token_type=self.token_type, refresh_on=self.refresh_on),
+            MaskedAccessTokenInfo(self.token, use_by, token_type=self.token_type, refresh_on=self.refresh_on),
         )
 
     def state(self, now: float) -> TokenState:
@@ -529,7 +541,11 @@ class TokenStore:
             if state is TokenState.FRESH:
                 return current
             if state is TokenState.ADVISORY:
-                return self._advisory(key, current, fetch)
+                token = self._advisory(key, current, fetch)
+                if token.state(self._clock()) in (TokenState.FRESH, TokenState.ADVISORY):
+                    return token
+                # A failed (or slow) advisory refresh ran into the mandatory window: never hand out a token
+                # with less than the margin left; block on a refresh instead, as the mandatory window does.
         return self._mandatory(key, fetch, stale=seen if force else None)
 
     def _advisory(self, key: str, current: CachedToken, fetch: Fetch) -> CachedToken:
@@ -558,9 +574,9 @@ class TokenStore:
                     if node is not None:
                         node.write(key, marked)
                     _log.warning(
-                        "Proactive token refresh failed; the current token stays valid until %d (in %d s) and the "
+                        "Proactive token refresh failed; the current token is used until %d (in %d s) and the "
                         "refresh is retried in %d s. %s",
-                        latest.expires_on, latest.expires_on - int(failed_at), ADVISORY_RETRY_DELAY_S, exc,
+                        latest.mandatory_on, latest.mandatory_on - int(failed_at), ADVISORY_RETRY_DELAY_S, exc,
                     )  # fmt: skip
                     return latest
                 self._store(key, token)
