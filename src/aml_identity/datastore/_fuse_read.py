@@ -193,14 +193,14 @@ class _Fetch:
             gate.acquire()  # released by advance() or finish(); look again (a retry may have started over)
 
 
-def _fill(response: http.client.HTTPResponse, fetch: _Fetch, discard: memoryview | None) -> bytearray:
+def _fill(response: http.client.HTTPResponse, fetch: _Fetch, discard: memoryview | None) -> Block:
     """Read the fetch's block from the response into its buffer, telling its readers as bytes arrive.
 
     With ``discard`` (a block an earlier attempt already handed out), read its bytes into that scratch buffer.
     """
+    if discard is None and not isinstance(fetch.buffer, bytearray):  # the first attempt: made now, as bytes arrive
+        fetch.buffer = bytearray(fetch.length)
     buffer = fetch.buffer
-    if discard is None and not isinstance(buffer, bytearray):  # the first attempt: made now, as its bytes arrive
-        buffer = fetch.buffer = bytearray(fetch.length)
     view, size, got = memoryview(buffer), fetch.length, 0
     if discard is None:
         fetch.advance(0)
@@ -435,7 +435,7 @@ class BlockReader:
             if cached is not None:
                 return cached
 
-        def sink(response: http.client.HTTPResponse) -> bytearray:
+        def sink(response: http.client.HTTPResponse) -> Block:
             return _fill(response, fetch, None)  # a retry starts again (the same bytes: the ETag is pinned)
 
         block = self.client.get_into(self.container, blob, offset=offset, length=length, etag=etag, sink=sink)
