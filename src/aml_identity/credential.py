@@ -181,6 +181,10 @@ class JobCredential:
         self._fetcher: Fetcher | None = None
         self._session = session
         self._store = _store_for(cache, self._env, self._clock, self._retry.total_timeout + NODE_LOCK_WAIT_MARGIN_S)
+        # azure-core's token types, which every get_token returns: imported here rather than with the first token,
+        # so that when a node's ranks ask at once, the one fetch is not slowed by every process importing
+        # azure-core (~15-50 ms of CPU each) on the same few cores. `import aml_identity` stays light.
+        import aml_identity._access_token  # noqa: F401, PLC0415
         self._memory = self._store.memory
         self._keys: dict[tuple[tuple[str, ...], str | None], tuple[str, str]] = {}
         # scope -> cache key for the common call (one scope, no tenant): a str key hashes once, a tuple every time
