@@ -41,7 +41,9 @@ def rank_main(rank: int, data_uri: str, local: str) -> dict[str, int]:
     shard = files[rank::RANKS]
     return {
         "rank": rank,
-        "downloaded": int(not result.shared),
+        # "transferred": this rank downloaded for the node; "waited": another rank did; "up_to_date": this
+        # rank checked storage and the node already had every file (a rerun on a node that kept its disk).
+        "downloaded": int(result.outcome != "waited"),
         "files": len(files),
         "shard_bytes": sum(p.stat().st_size for p in shard),
     }

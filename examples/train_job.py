@@ -130,7 +130,8 @@ def main() -> None:
     if rank == 0:
         subprocess.run([sys.executable, "-m", "aml_identity", "whoami"], check=True)
     result = download(args.data, node / "data", once_per_node=True, progress=False)
-    print(f"rank {rank}: {'downloaded' if not result.shared else 'shared'} {result.files} file(s) on the node")
+    what = {"transferred": "downloaded", "waited": "waited for", "up_to_date": "found up to date"}[result.outcome]
+    print(f"rank {rank}: {what} {result.files} file(s) on the node")
 
     with (node / "data" / "train.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))

@@ -167,3 +167,18 @@ def test_only_the_fork_registry_registers_after_fork_hooks():
     ]
     assert offenders == []
     assert _register_at_fork_uses(MODULES["aml_identity._fork"])  # the scan sees the one that exists
+
+
+# The longest a module under src/aml_identity may be. Past it a module holds more than one concern, reviews of
+# it conflict, and a reader cannot keep it in view: split it by concern into private modules, re-exporting the
+# names its callers import (as datastore/_rest.py does with _blob_answers.py).
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_longer_than_the_limit():
+    too_long = {
+        name: lines
+        for name, path in MODULES.items()
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert too_long == {}, f"modules over {MAX_MODULE_LINES} lines; split them by concern: {too_long}"

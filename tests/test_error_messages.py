@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 
 import pytest
@@ -79,3 +80,24 @@ def test_a_non_ascii_local_rank_is_a_configuration_error_naming_variable_value_a
 def test_a_local_rank_is_read_from_the_first_launcher_variable():
     assert JobEnvironment.from_environ({"LOCAL_RANK": "3", "SLURM_LOCALID": "1"}).local_rank == 3
     assert JobEnvironment.from_environ({}).local_rank is None
+
+
+def test_a_refused_storage_request_is_caught_as_a_permission_error_and_as_before():
+    from azure.core.exceptions import HttpResponseError
+
+    from aml_identity.errors import DataAccessDeniedError
+
+    def refuse() -> None:
+        raise DataAccessDeniedError(
+            "Storage account 'acct' refused to let the identity (client id c) read blobs in container 'data'.",
+            identity="client id c", account="acct", operation="read", role="Storage Blob Data Reader",
+        )  # fmt: skip
+
+    with pytest.raises(PermissionError) as caught:  # what pandas/PyArrow/fsspec callers catch for a refusal
+        refuse()
+    assert caught.value.errno == errno.EACCES
+    assert str(caught.value).startswith("Storage account 'acct' refused")  # the message alone, no "[Errno 13]"
+    assert caught.value.role == "Storage Blob Data Reader"
+    for base in (HttpResponseError, DatastoreError):  # existing except clauses keep working
+        with pytest.raises(base):
+            refuse()

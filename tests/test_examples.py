@@ -74,7 +74,7 @@ def test_the_demo_job_runs_as_the_clusters_identity_and_lands_its_outputs(tmp_pa
     assert f"client id    {client_id[1]}" in result.stdout  # whoami: DEFAULT_IDENTITY_CLIENT_ID is the cluster's
     assert "userAssignedIdentities/uai-sandbox" in result.stdout
     assert result.stdout.count(": downloaded ") == 1  # once for the node
-    assert result.stdout.count(": shared ") == 3
+    assert result.stdout.count(": waited for ") == 3
     model = json.loads((tmp_path / "landed" / "run-1" / "model.json").read_text())
     assert abs(model["x1"] - 2.0) < 0.1 and abs(model["x2"] + 1.5) < 0.1  # the data's true slopes
     metrics = json.loads((tmp_path / "landed" / "run-1" / "metrics.json").read_text())

@@ -4,7 +4,8 @@ The wheel is built from this tree (hatchling, no build isolation) and installed 
 system site-packages, no pip of its own: this environment's pip installs into it). Then, from that venv: the
 command line starts, every subcommand's ``--help`` works, ``sandbox`` and ``mount`` name their extra in one
 line, ``whoami`` gets a token from the identity endpoint emulator (run from this environment as a separate
-process), and with pytest installed beside the wheel an unrelated project's tests still pass.
+process), with pytest installed beside the wheel an unrelated project's tests still pass, and after
+``pip install 'aml-identity[fsspec]'`` fsspec finds this package's class for ``azureml://``.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def test_the_wheel_holds_py_typed_and_no_tests(wheel):
 
 
 def test_the_venv_has_the_runtime_dependencies_only(venv, env):
-    probe = "import importlib.util as u; print([m for m in ('jsonschema', 'mfusepy', 'pytest') if u.find_spec(m)])"
+    extras = ("jsonschema", "mfusepy", "pytest", "fsspec")
+    probe = f"import importlib.util as u; print([m for m in {extras!r} if u.find_spec(m)])"
     assert _run([str(venv / "python"), "-c", probe], env=env).stdout.strip() == "[]"
 
 
@@ -201,3 +203,33 @@ def test_a_fixture_without_the_testing_extra_names_it(venv_with_pytest, env, tmp
     assert "1 passed, 1 error" in result.stdout
     assert "pip install 'aml-identity[testing]'" in result.stdout
     assert "Traceback" not in result.stdout
+
+
+# Run in the venv after `pip install 'aml-identity[fsspec]'`: fsspec finds the class through the entry point,
+# imports aml_identity only when the protocol is asked for, and opens no connection doing so.
+_FSSPEC_PROBE = """
+import sys, fsspec
+fsspec.filesystem("memory").pipe("/x", b"1")
+before = "aml_identity" in sys.modules
+cls = fsspec.get_filesystem_class("azureml")
+from aml_identity.fsspec import AzureMLFileSystem
+print(before, cls is AzureMLFileSystem, "azureml" in fsspec.available_protocols())
+"""
+
+
+@pytest.fixture(scope="module")
+def venv_with_fsspec(venv: Path, wheel: Path) -> Path:
+    """The venv after `pip install 'aml-identity[fsspec]'` (the same wheel, with its fsspec extra)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "python"), "install", "--quiet", f"{wheel}[fsspec]"],
+        check=True,
+        capture_output=True,
+        timeout=PIP_TIMEOUT_S,
+    )
+    return venv
+
+
+def test_the_fsspec_extra_registers_this_packages_class_for_azureml(venv_with_fsspec, env):
+    result = _run([str(venv_with_fsspec / "python"), "-c", _FSSPEC_PROBE], env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "True"]

@@ -7,6 +7,7 @@ azure-core's pipeline. Each class reports ``aml_identity.errors`` as its module 
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
@@ -128,8 +129,12 @@ class IdentityNotFoundError(TokenRequestError, ConfigurationError):
         self.name = name
 
 
-class DataAccessDeniedError(DatastoreError, HttpResponseError):
+class DataAccessDeniedError(DatastoreError, HttpResponseError, PermissionError):
     """Storage answered 403: the identity lacks a data-plane role on the account.
+
+    Also a :class:`PermissionError` (``errno.EACCES``): what file-system code catches for a refusal, and what
+    fsspec file systems raise for one, so pandas, PyArrow and ``datasets`` callers reading ``azureml://`` URIs
+    see a refused read as they would on any other file system.
 
     Attributes:
         identity: The client id (and object id, when known) of the identity that was refused.
@@ -169,6 +174,7 @@ class DataAccessDeniedError(DatastoreError, HttpResponseError):
         """
         HttpResponseError.__init__(self, message)
         self.message = message
+        self.errno = errno.EACCES  # PermissionError's errno (its strerror stays unset: str() is the message)
         self.identity = identity
         self.account = account
         self.operation = operation

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from aml_identity.errors import ConfigurationError
 
@@ -35,11 +35,14 @@ _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 _TRUE = frozenset({"1", "true", "yes", "on"})
 # Where launchers put a process's rank on its node: torchrun and Azure ML, OpenMPI, MPICH/Intel MPI, Slurm.
 _LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
+# The most digits a local rank may have: int() refuses strings over 4300 digits (sys.get_int_max_str_digits);
+# any real rank on one node has a handful.
+_MAX_RANK_DIGITS = 4300
 
 
 def is_guid(value: str) -> bool:
     """Return whether ``value`` is a GUID in its canonical 8-4-4-4-12 hex form."""
-    return bool(_GUID_RE.match(value))
+    return bool(_GUID_RE.fullmatch(value))
 
 
 def is_loopback_host(host: str) -> bool:
@@ -65,10 +68,20 @@ def _get(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _url_parts(url: str) -> SplitResult | None:
+    """``urlsplit(url)``, or None for what it cannot split (an unclosed ``[`` of an IPv6 host...)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.hostname  # reading the host validates it too
+    except ValueError:
+        return None
+    return parts
+
+
 def _parse_http_url(value: str, name: str, *, https_only: bool = False) -> str:
-    parts = urlsplit(value)
+    parts = _url_parts(value)
     schemes = ("https",) if https_only else ("http", "https")
-    if parts.scheme not in schemes or not parts.hostname:
+    if parts is None or parts.scheme not in schemes or not parts.hostname:
         wanted = "an https:// URL" if https_only else "an http:// or https:// URL"
         raise ConfigurationError(
             f"{name}={value!r} is not {wanted}; set it to the endpoint's full URL "
@@ -101,8 +114,8 @@ def _parse_blob_endpoints(raw: str | None) -> Mapping[str, str]:
     for account, url in parsed.items():
         if not isinstance(url, str):
             raise ConfigurationError(f"{name}[{account!r}] must be a URL string, for example {example}.", name=name)
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = _url_parts(url)
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(
                 f"{name}[{account!r}]={url!r} is not an http:// or https:// URL; map each account to its blob "
                 f"endpoint URL, for example {example}.",
@@ -118,8 +131,9 @@ def _parse_local_rank(environ: Mapping[str, str]) -> int | None:
         raw = _get(environ, name)
         if raw is None:
             continue
-        # str.isdigit() also accepts '²' and other Unicode digits that int() refuses: ASCII digits only.
-        if not (raw.isascii() and raw.isdigit()):
+        # str.isdigit() also accepts '²' and other Unicode digits that int() refuses: ASCII digits only, and
+        # no more of them than int() converts (a rank that long is a mistaken value anyway).
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > _MAX_RANK_DIGITS:
             raise ConfigurationError(
                 f"{name}={raw!r} is not a process rank: it must be a whole number of ASCII digits (0, 1, 2, ...). "
                 f"It is set by the launcher (torchrun, mpirun, srun, Azure ML); unset {name} or set it to the "
@@ -254,7 +268,8 @@ def check_outbound_url(url: str, env: JobEnvironment, *, what: str) -> None:
     """
     if not env.loopback_only:
         return
-    host = urlsplit(url).hostname or ""
+    parts = _url_parts(url)
+    host = (parts.hostname if parts is not None else None) or ""
     if not is_loopback_host(host):
         hint = (
             " (that is IMDS: set MSI_ENDPOINT/MSI_SECRET or AZURE_POD_IDENTITY_AUTHORITY_HOST to the emulator)"

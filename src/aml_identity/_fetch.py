@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -124,14 +125,19 @@ class _Answer:
 def _parse_epoch(value: object) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        # Python's json reads NaN and Infinity: a time that is no time is absent, not a crash.
+        return int(value) if math.isfinite(value) else None
     if isinstance(value, str):
         text = value.strip()
         try:
-            return int(float(text))
+            number = float(text)
         except ValueError:
             pass
+        else:
+            return int(number) if math.isfinite(number) else None
         for fmt in _EXPIRES_ON_FORMATS:
             try:
                 return int(dt.datetime.strptime(text, fmt).timestamp())  # noqa: DTZ007 - both formats end in %z

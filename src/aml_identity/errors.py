@@ -15,6 +15,8 @@ aml-identity drops into existing code without changing its ``except`` clauses:
 * :class:`DataAccessDeniedError` and :class:`ProvisioningError` are
   ``azure.core.exceptions.HttpResponseError`` subclasses, like the errors of the storage and management
   SDKs they replace; :class:`ClusterNotFoundError` is also a ``ResourceNotFoundError``.
+  :class:`DataAccessDeniedError` is also a :class:`PermissionError` (``EACCES``), what fsspec file systems
+  raise for a refusal, so pandas and PyArrow callers of ``azureml://`` catch it as they catch any.
 
 The classes with an Azure SDK base are defined in a private module and loaded on first use (a module
 ``__getattr__``), so ``import aml_identity`` does not import ``azure.identity`` (which pulls in msal and

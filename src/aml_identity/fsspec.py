@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
 import re
 import ssl
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -50,7 +51,8 @@ except ImportError as _missing:  # pragma: no cover - exercised in a subprocess 
 from aml_identity._environment import JobEnvironment, check_outbound_url
 from aml_identity._fork import after_fork_in_child_while_alive
 from aml_identity._fsspec_file import READ_BLOCK_SIZE, SINGLE_PUT_MAX, WRITE_BLOCK_SIZE, AzureMLFile, ReadAheadCache
-from aml_identity._fsspec_store import Store, blob_info
+from aml_identity._fsspec_listing import directory_info, list_level, list_tree
+from aml_identity._fsspec_store import Store
 from aml_identity.datastore._rest import BearerToken, BlobRestClient
 from aml_identity.datastore.resolve import DEFAULT_ENDPOINT_SUFFIX, resolve
 from aml_identity.errors import ConfigurationError
@@ -80,15 +82,13 @@ _HOST_RE = re.compile(r"^(?P<account>[a-z0-9]{3,24})\.(?:blob|dfs)\.(?P<suffix>.
 _ACCOUNT_SCHEMES = ("az://", "abfs://", "abfss://", "wasb://", "wasbs://")
 
 
-def _join(root: str, blob: str) -> str:
-    return f"{root}/{blob}" if blob else root
-
-
-def _directory(name: str, mtime: float | None = None) -> dict[str, Any]:
-    info: dict[str, Any] = {"name": name, "size": 0, "type": "directory"}
-    if mtime is not None:
-        info["mtime"] = mtime
-    return info
+@contextlib.contextmanager
+def _named(path: str) -> Iterator[None]:
+    """Name ``path`` (the file system's path) in a ``FileNotFoundError`` raised inside, not the container's blob name."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(exc.errno or errno.ENOENT, exc.strerror or "No such file or directory", path) from None
 
 
 class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no type hints
@@ -262,32 +262,12 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
 
     # -- listing ---------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _list_level(store: Store, root: str, prefix: str) -> list[dict[str, Any]]:
-        entries: dict[tuple[str, str], dict[str, Any]] = {}
-        for page in store.iter_pages(prefix, delimited=True):
-            for item in page.blobs:
-                relative = item.name[len(prefix) :]
-                if not relative.rstrip("/"):
-                    continue  # a placeholder blob named like the folder itself
-                if relative.endswith("/"):
-                    name = _join(root, item.name.rstrip("/"))
-                    entries.setdefault((name, "directory"), _directory(name, item.last_modified))
-                    continue
-                info = blob_info(_join(root, item.name), item)
-                entries[info["name"], info["type"]] = info
-            for sub in page.prefixes:
-                name = _join(root, sub.rstrip("/"))
-                if sub.rstrip("/") != prefix.rstrip("/"):
-                    entries.setdefault((name, "directory"), _directory(name))
-        return sorted(entries.values(), key=lambda info: info["name"])
-
     async def _ls(self, path: str, detail: bool = True, refresh: bool = False, **kwargs: Any) -> Any:  # noqa: FBT001, FBT002 - fsspec's signature
         path = self._strip_protocol(path)
         entries = None if refresh else self.dircache.get(path)
         if entries is None:
             store, root, blob = await self._target(path)
-            entries = await self._call(self._list_level, store, root, blob + "/" if blob else "")
+            entries = await self._call(list_level, store, root, blob + "/" if blob else "")
             if not entries and blob:
                 props = await self._call(store.head, blob)
                 if props is None:
@@ -304,9 +284,9 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
         path = self._strip_protocol(path)
         store, _, blob = await self._target(path)
         if not blob:
-            return _directory(path)
+            return directory_info(path)
         if path in self.dircache:
-            return _directory(path)
+            return directory_info(path)
         parent = self.dircache.get(self._parent(path))
         if parent is not None:
             for info in parent:
@@ -316,33 +296,11 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
         props = await self._call(store.head, blob)
         if props is not None:
             if props["folder"]:
-                return _directory(path, props["mtime"])
+                return directory_info(path, props["mtime"])
             return {"name": path, "size": props["size"], "type": "file", "mtime": props["mtime"], "etag": props["etag"]}
         if await self._call(store.has_children, blob + "/"):
-            return _directory(path)
+            return directory_info(path)
         raise FileNotFoundError(path)
-
-    @staticmethod
-    def _list_tree(store: Store, root: str, base: str, prefix: str, *, withdirs: bool) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        dirs: dict[str, float | None] = {}
-        for page in store.iter_pages(base + prefix, delimited=False):
-            for item in page.blobs:
-                relative = item.name[len(base) :].rstrip("/")
-                if not relative:
-                    continue
-                parts = relative.split("/")
-                for depth in range(1, len(parts)):
-                    dirs.setdefault("/".join(parts[:depth]), None)
-                if item.name.endswith("/") or item.is_directory_marker:
-                    dirs[relative] = item.last_modified
-                    continue
-                out[_join(root, item.name)] = blob_info(_join(root, item.name), item)
-        if withdirs:
-            for relative, mtime in dirs.items():
-                name = _join(root, base + relative)
-                out.setdefault(name, _directory(name, mtime))
-        return out
 
     async def _find(
         self,
@@ -358,7 +316,7 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
         path = self._strip_protocol(path)
         store, root, blob = await self._target(path)
         base = blob + "/" if blob else ""
-        out = await self._call(self._list_tree, store, root, base, prefix, withdirs=withdirs)
+        out = await self._call(list_tree, store, root, base, prefix, withdirs=withdirs)
         if not prefix and (withdirs or not out):
             try:
                 info = await self._info(path)
@@ -381,7 +339,8 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
             size = (await self._info(path))["size"]
             start = max(size + start, 0) if start is not None and start < 0 else start
             end = max(size + end, 0) if end is not None and end < 0 else end
-        return await self._call(store.get, blob, start, end)
+        with _named(self._strip_protocol(path)):
+            return await self._call(store.get, blob, start, end)
 
     async def _get_file(self, rpath: str, lpath: str, callback: Any = DEFAULT_CALLBACK, **kwargs: Any) -> None:
         info = await self._info(rpath)
@@ -566,7 +525,8 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
 
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
         store, _, blob = await self._target(path)
-        await self._call(store.delete, blob)
+        with _named(self._strip_protocol(path)):
+            await self._call(store.delete, blob)
         self.invalidate_cache(path)
 
     async def _rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any) -> None:  # noqa: FBT001, FBT002 - fsspec's signature
@@ -594,8 +554,6 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
 
     def rmdir(self, path: str) -> None:
         """Remove an empty folder (``OSError`` ENOTEMPTY when it has files)."""
-        import errno  # noqa: PLC0415
-
         path = self._strip_protocol(path)
         root, blob = self._split(path)
         store = self._store_sync(root)

@@ -58,7 +58,9 @@ def test_eight_processes_fetch_every_blob_exactly_once(storage_job, store, open_
     assert len(gets) == len(files) - 1 + 3  # the big blob in three ranges
     listings = [r for r in open_proxy.requests if r.action == "list"]
     assert len(listings) == 1  # the others did not even list
-    elected = [r for r in results if not r["shared"]]
-    assert len(elected) == 1
+    assert Counter(r["outcome"] for r in results) == {"transferred": 1, "waited": PROCESSES - 1}
+    elected = [r for r in results if r["outcome"] == "transferred"]
     assert elected[0]["transferred_files"] == len(files)
-    assert all(r["files"] == len(files) and r["bytes_transferred"] == 0 for r in results if r["shared"])
+    assert not elected[0]["shared"]
+    waited = [r for r in results if r["outcome"] == "waited"]
+    assert all(r["shared"] and r["files"] == len(files) and r["bytes_transferred"] == 0 for r in waited)

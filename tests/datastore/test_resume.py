@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from aml_identity.datastore import download
 from aml_identity.datastore._download import RANGE_SIZE
-from aml_identity.datastore._paths import JOURNAL_SUFFIX
+from aml_identity.datastore._paths import journal_path, partial_path
 
 pytestmark = pytest.mark.azurite
 
@@ -61,7 +62,7 @@ def test_sigkill_halfway_leaves_no_incomplete_final_file_and_the_rerun_fetches_o
     for path in finals:
         assert path.read_bytes() == files["d/" + path.relative_to(dest).as_posix()]
     assert not (dest / "big.bin").exists()
-    journal = dest / f".big.bin{JOURNAL_SUFFIX}"
+    journal = Path(journal_path(partial_path(str(dest / "big.bin"))))
     done = _ranges_in_journal(journal)
     assert len(done) * RANGE_SIZE >= len(big) // 2 - RANGE_SIZE  # killed after about half
     assert len(done) < 9
@@ -94,8 +95,9 @@ def test_resume_false_starts_over(storage_job, store, tmp_path):
     dest = tmp_path / "big.bin"
     etag = store.client.get_blob_client("big.bin").get_blob_properties().etag.strip('"')
     header = {"name": "big.bin", "etag": etag, "size": len(big), "range": RANGE_SIZE}
-    (tmp_path / f".big.bin{JOURNAL_SUFFIX}").write_text(json.dumps(header) + "\n0\n")
-    (tmp_path / ".big.bin.aml-partial").write_bytes(b"\0" * len(big))
+    partial = partial_path(str(dest))
+    Path(journal_path(partial)).write_text(json.dumps(header) + "\n0\n")
+    Path(partial).write_bytes(b"\0" * len(big))
     result = download(store.uri("big.bin"), dest, resume=False, progress=False)
     assert result.bytes_resumed == 0
     assert dest.read_bytes() == big

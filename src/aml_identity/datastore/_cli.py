@@ -87,7 +87,7 @@ def _report(args: argparse.Namespace, result: object) -> int:
         sys.stdout.write("\n")
         return 0
     verb = "downloaded" if result.direction == "download" else "uploaded"
-    if result.shared:
+    if result.outcome == "waited":
         print(f"{result.destination}: another process on this node downloaded it ({result.files} files)")
         return 0
     print(

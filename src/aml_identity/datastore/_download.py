@@ -3,7 +3,8 @@
 For each blob the listing returns (page by page, while earlier pages are already being fetched):
 
 * up to date locally (same size, and the mtime we set from the blob's Last-Modified) -> skipped;
-* up to :data:`SINGLE_GET_MAX` bytes -> one GET streamed into ``.<name>.aml-partial``;
+* up to :data:`SINGLE_GET_MAX` bytes -> one GET streamed into a partial file, ``.<name>.<host>.aml-partial``
+  (see :mod:`._paths` for how processes and hosts that share a folder get distinct partial files);
 * larger -> :data:`RANGE_SIZE` ranges fetched in parallel and ``os.pwrite``-n at their offsets into the
   partial file, each range recorded in a journal once on disk, so that an interrupted download resumes
   with only the missing ranges (unless the blob's ETag changed).
@@ -20,11 +21,19 @@ import hashlib
 import http.client
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aml_identity.datastore._engine import BUFFER_SIZE, Counters, Engine, Progress, Transfer
 from aml_identity.datastore._journal import Journal
-from aml_identity.datastore._paths import JOURNAL_SUFFIX, PARTIAL_SUFFIX, ensure_parent, local_path_for, partial_path
+from aml_identity.datastore._paths import (
+    ClaimedPartial,
+    claim_partial,
+    ensure_parent,
+    journal_path,
+    local_path_for,
+    remove_stale_partial,
+)
 from aml_identity.datastore._rest import BlobItem, BlobRestClient, StorageHttpError
 from aml_identity.datastore.resolve import BlobLocation
 from aml_identity.errors import TransferError
@@ -53,13 +62,17 @@ def _pwrite_all(fd: int, data: memoryview, offset: int, path: str) -> None:
         raise _LocalWriteError(f"Could not write {path!r}: {exc.strerror or exc}.") from None
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: kept in a set while unfinished
 class _RangedFile:
     item: BlobItem
     final: str
-    partial: str
+    claim: ClaimedPartial
     journal: Journal
     remaining: int
+
+    @property
+    def partial(self) -> str:
+        return self.claim.path
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -81,6 +94,9 @@ class _Download(Transfer):
         self.dest = dest
         self.resume = resume
         self.created_dirs: set[str] = set()
+        # Ranged files being fetched, whose partial files this process holds locked until they are published.
+        self.ranged: set[_RangedFile] = set()
+        self.ranged_lock = threading.Lock()
 
     # -- planning (producer thread) ---------------------------------------------------------------------
 
@@ -95,9 +111,8 @@ class _Download(Transfer):
             raise TransferError(f"Cannot use {final!r} as the download target: {exc.strerror}.") from None
         if st is not None and st.st_size == item.size and st.st_mtime_ns == int(item.last_modified) * _NS:
             self.counters.add(skipped_files=1, bytes_skipped=item.size)
-            if item.size > SINGLE_GET_MAX:  # a kill between the rename and the journal's removal left it
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(partial_path(final)[: -len(PARTIAL_SUFFIX)] + JOURNAL_SUFFIX)
+            if item.size > SINGLE_GET_MAX:  # an interrupted download of it may have left a partial file
+                remove_stale_partial(final)
             return
         self.progress.add_total(item.size)
         if item.size <= SINGLE_GET_MAX:
@@ -109,45 +124,65 @@ class _Download(Transfer):
 
     def _fetch_whole(self, item: BlobItem, final: str) -> None:
         ensure_parent(final, self.created_dirs)
-        partial = partial_path(final)
         size = item.size
-        buf = self._buffer()
+        claim = self._claim(final)
+        partial, fd = claim.path, claim.fd
+        assert fd is not None  # noqa: S101 - just claimed
+        published = False
         try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as exc:
-            raise _LocalWriteError(f"Could not create {partial!r}: {exc.strerror}.") from None
-        try:
+            try:
+                os.ftruncate(fd, 0)
+            except OSError as exc:
+                raise _LocalWriteError(f"Could not write {partial!r}: {exc.strerror}.") from None
             if size:
-
-                def sink(response: http.client.HTTPResponse) -> bytes | None:
-                    if response.length is not None and response.length != size:
-                        raise http.client.IncompleteRead(b"", size)
-                    digest = hashlib.md5() if item.content_md5 is not None else None  # noqa: S324 - Content-MD5
-                    got = 0
-                    while got < size:
-                        n = response.readinto(buf[: min(BUFFER_SIZE, size - got)])
-                        if not n:
-                            raise http.client.IncompleteRead(b"", size - got)
-                        chunk = buf[:n]
-                        _pwrite_all(fd, chunk, got, partial)
-                        if digest is not None:
-                            digest.update(chunk)
-                        got += n
-                    return digest.digest() if digest is not None else None
-
                 try:
                     md5 = self.client.get_into(
-                        self.loc.container, item.name, offset=0, length=size, etag=item.etag, sink=sink
-                    )
+                        self.loc.container, item.name, offset=0, length=size, etag=item.etag,
+                        sink=self._whole_sink(item, fd, partial),
+                    )  # fmt: skip
                 except StorageHttpError as exc:
                     raise self._storage_error(exc, "read") from None
                 if item.content_md5 is not None and md5 != item.content_md5:
                     raise self._corrupt(item, partial)
+            self._publish(item, partial, final)
+            published = True
         finally:
-            os.close(fd)
-        self._publish(item, partial, final)
+            if published:
+                claim.release()
+            else:
+                claim.discard()
         self.counters.add(transferred_files=1, bytes_transferred=size)
         self.progress.advance(size)
+
+    def _whole_sink(self, item: BlobItem, fd: int, partial: str) -> Callable[[http.client.HTTPResponse], bytes | None]:
+        """Return the sink that writes a whole blob's response into ``fd`` (and hashes it when storage has an MD5)."""
+        size = item.size
+        buf = self._buffer()
+
+        def sink(response: http.client.HTTPResponse) -> bytes | None:
+            if response.length is not None and response.length != size:
+                raise http.client.IncompleteRead(b"", size)
+            digest = hashlib.md5() if item.content_md5 is not None else None  # noqa: S324 - Content-MD5
+            got = 0
+            while got < size:
+                n = response.readinto(buf[: min(BUFFER_SIZE, size - got)])
+                if not n:
+                    raise http.client.IncompleteRead(b"", size - got)
+                chunk = buf[:n]
+                _pwrite_all(fd, chunk, got, partial)
+                if digest is not None:
+                    digest.update(chunk)
+                got += n
+            return digest.digest() if digest is not None else None
+
+        return sink
+
+    @staticmethod
+    def _claim(final: str) -> ClaimedPartial:
+        try:
+            return claim_partial(final)
+        except OSError as exc:
+            raise _LocalWriteError(f"Could not create the partial file of {final!r}: {exc.strerror}.") from None
 
     def _corrupt(self, item: BlobItem, partial: str) -> TransferError:
         with contextlib.suppress(FileNotFoundError):
@@ -169,25 +204,21 @@ class _Download(Transfer):
 
     def _start_ranged(self, item: BlobItem, final: str) -> None:
         ensure_parent(final, self.created_dirs)
-        partial = partial_path(final)
+        claim = self._claim(final)
+        partial, fd = claim.path, claim.fd
+        assert fd is not None  # noqa: S101 - just claimed
         header: dict[str, object] = {"name": item.name, "etag": item.etag, "size": item.size, "range": RANGE_SIZE}
-        journal = Journal(partial[: -len(PARTIAL_SUFFIX)] + JOURNAL_SUFFIX, header)
+        journal = Journal(journal_path(partial), header)
         done: set[int] = set()
-        if self.resume:
-            try:
-                if os.stat(partial).st_size == item.size:
-                    done = journal.load()
-            except FileNotFoundError:
-                pass
         try:
+            if self.resume and not claim.private and os.fstat(fd).st_size == item.size:
+                done = journal.load()
             if not done:
-                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    os.ftruncate(fd, item.size)
-                finally:
-                    os.close(fd)
+                os.ftruncate(fd, 0)
+                os.ftruncate(fd, item.size)
             journal.start(keep=bool(done))
         except OSError as exc:
+            claim.discard()
             raise _LocalWriteError(f"Could not create {partial!r}: {exc.strerror}.") from None
         count = -(-item.size // RANGE_SIZE)
         missing = [index for index in range(count) if index not in done]
@@ -195,7 +226,9 @@ class _Download(Transfer):
         if resumed:
             self.counters.add(bytes_resumed=resumed)
             self.progress.advance(resumed)
-        state = _RangedFile(item, final, partial, journal, remaining=len(missing))
+        state = _RangedFile(item, final, claim, journal, remaining=len(missing))
+        with self.ranged_lock:
+            self.ranged.add(state)
         if not missing:
             self._finish_ranged(state)
             return
@@ -244,13 +277,36 @@ class _Download(Transfer):
 
     def _finish_ranged(self, state: _RangedFile) -> None:
         item = state.item
+        with self.ranged_lock:
+            self.ranged.discard(state)
         state.journal.close()
-        if item.content_md5 is not None and self._file_md5(state.partial) != item.content_md5:
+        published = False
+        try:
+            if item.content_md5 is not None and self._file_md5(state.partial) != item.content_md5:
+                state.journal.remove()
+                raise self._corrupt(item, state.partial)
+            self._publish(item, state.partial, state.final)
             state.journal.remove()
-            raise self._corrupt(item, state.partial)
-        self._publish(item, state.partial, state.final)
-        state.journal.remove()
+            published = True
+        finally:
+            # Only now, after the rename: no other process may take the partial file over before it.
+            if published:
+                state.claim.release()
+            else:
+                state.claim.discard()
         self.counters.add(transferred_files=1)
+
+    def release(self) -> None:
+        """Unlock the partial files of ranged files left unfinished (a failed or interrupted download).
+
+        The host's partial files and journals stay for the next download to resume; process-unique ones are
+        deleted, since nothing would resume them.
+        """
+        with self.ranged_lock:
+            unfinished, self.ranged = self.ranged, set()
+        for state in unfinished:
+            state.journal.close()
+            state.claim.discard()
 
     def _file_md5(self, path: str) -> bytes:
         digest = hashlib.md5()  # noqa: S324 - the service's Content-MD5, not a security hash
@@ -293,6 +349,7 @@ def run_download(
                 target = _single_target(dest, prefix, is_folder=dest_is_folder)
                 job.plan(exact, target)
                 engine.finish()
+                job.release()
                 return target
             prefix += "/"
         for page in job.pages(prefix):
@@ -307,8 +364,12 @@ def run_download(
                 break
     except BaseException as exc:
         engine.abort(exc)
+        job.release()
         raise
-    engine.finish()
+    try:
+        engine.finish()
+    finally:
+        job.release()  # a worker's failure left ranged files unfinished
     return target
 
 

@@ -43,16 +43,21 @@ class WriteOperations(MountCore):
         self._require_rw()
         return 0
 
-    # -- symbolic links ----------------------------------------------------------------------------------
-
-    def symlink(self, path: str | None, target: str) -> int:
-        """Make a symbolic link (``rw``): a blob with metadata ``is_symlink=true`` holding the target."""
+    def _new_entry(self, path: str | None) -> str:
+        """Check that ``path`` may be made (``rw``, nothing there yet, its parent a folder) and return it."""
         self._require_rw()
         if path is None:
             raise os_error(errno.ENOENT)
         if self._lookup_or_none(path) is not None:
             raise os_error(errno.EEXIST)
         self._require_folder(split(path)[0])
+        return path
+
+    # -- symbolic links ----------------------------------------------------------------------------------
+
+    def symlink(self, path: str | None, target: str) -> int:
+        """Make a symbolic link (``rw``): a blob with metadata ``is_symlink=true`` holding the target."""
+        path = self._new_entry(path)
         content = target.encode("utf-8", "surrogateescape")
         if len(content) >= _MAX_LINK_TARGET:
             raise os_error(errno.ENAMETOOLONG)
@@ -158,12 +163,7 @@ class WriteOperations(MountCore):
 
     def mkdir(self, path: str | None, mode: int) -> int:
         """Make a folder (``rw``): virtual until a file is written in it (blob storage has no folders)."""
-        self._require_rw()
-        if path is None:
-            raise os_error(errno.ENOENT)
-        if self._lookup_or_none(path) is not None:
-            raise os_error(errno.EEXIST)
-        self._require_folder(split(path)[0])
+        path = self._new_entry(path)
         self._tree.blob(path)
         self._tree.add_virtual(path)
         return 0

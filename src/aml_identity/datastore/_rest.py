@@ -9,7 +9,8 @@ pooled keep-alive TLS connections, reading bodies straight into the caller's buf
 the Blob service REST reference; the test suite checks it against Azurite and the real SDK.
 
 What this module owns: connection pooling, the ``Authorization`` header, and turning an error response into
-:class:`StorageHttpError`. What it reuses: the token-refresh policy of :mod:`aml_identity._tokens` (the job
+:class:`StorageHttpError` (the answers' types and parsers are in :mod:`aml_identity.datastore._blob_answers`,
+re-exported here). What it reuses: the token-refresh policy of :mod:`aml_identity._tokens` (the job
 credential applies it itself; any other credential is wrapped in it, so no request ever carries a stale
 token however long a transfer runs), and the retry loop and ``Retry-After`` parsing of
 :mod:`aml_identity._retry`, with storage's own statuses, attempts and budget.
@@ -17,26 +18,33 @@ token however long a transfer runs), and the retry loop and ``Retry-After`` pars
 
 from __future__ import annotations
 
-import calendar
-import functools
 import http.client
 import logging
 import random
 import ssl
 import time
-import xml.etree.ElementTree as ET
-from base64 import b64decode
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TypeVar, cast
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from aml_identity import __version__
 from aml_identity._retry import RetryPolicy, call_with_retries
 from aml_identity.datastore._bearer import STORAGE_SCOPE, BearerToken
-from aml_identity.errors import redact
+from aml_identity.datastore._blob_answers import (
+    BlobItem,
+    BlobProperties,
+    FolderPage,
+    StorageHttpError,
+    _error_from,
+    _properties_from,
+    parse_folder_listing,
+    parse_listing,
+)
+from aml_identity.datastore._blob_answers import _http_date as _http_date  # noqa: PLC0414 - the fsspec store's
 
+# The answers' types and parsers live in _blob_answers; callers import them from here as well.
 __all__ = [
     "STORAGE_API_VERSION",
     "STORAGE_SCOPE",
@@ -46,6 +54,8 @@ __all__ = [
     "BlobRestClient",
     "FolderPage",
     "StorageHttpError",
+    "parse_folder_listing",
+    "parse_listing",
 ]
 
 _log = logging.getLogger(__name__)
@@ -87,84 +97,7 @@ STORAGE_RETRY_POLICY = RetryPolicy(
 )
 # List Blobs page size: the service maximum, fewest round trips.
 LIST_PAGE_SIZE = 5000
-# User metadata travels as headers with this prefix (Get Blob Properties).
-_META_HEADER = "x-ms-meta-"
 _RNG = random.Random()  # noqa: S311 - backoff jitter, not cryptography
-
-
-class StorageHttpError(Exception):
-    """The Blob service answered an error (internal: converted to aml-identity errors by the caller).
-
-    Attributes:
-        status: The HTTP status (0 when no response came back).
-        code: The storage error code (``x-ms-error-code`` or the XML ``<Code>``), if any.
-        detail: The service's message, with any token masked.
-        method: The HTTP method.
-        resource: ``container/blob`` or the container the request addressed.
-    """
-
-    def __init__(self, status: int, code: str | None, detail: str, method: str, resource: str) -> None:
-        """Create the error."""
-        super().__init__(f"{method} {resource}: HTTP {status} {code or ''} {detail}".strip())
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.method = method
-        self.resource = resource
-
-
-@dataclass(frozen=True)
-class BlobItem:
-    """One blob from a listing.
-
-    Attributes:
-        name: The full blob name.
-        size: Its length in bytes.
-        etag: Its ETag, without quotes.
-        last_modified: Its Last-Modified time, epoch seconds.
-        content_md5: The MD5 the service holds for the whole blob, if any.
-        metadata: Its user metadata (lower-case keys).
-    """
-
-    name: str
-    size: int
-    etag: str
-    last_modified: float
-    content_md5: bytes | None = None
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def is_directory_marker(self) -> bool:
-        """Whether this is an ADLS Gen2 folder placeholder rather than a file."""
-        return self.metadata.get("hdi_isfolder", "").lower() == "true"
-
-
-@functools.lru_cache(maxsize=4096)
-def _http_date(value: str) -> float:
-    """Parse an RFC 1123 date as the service writes it (cached: listings repeat the same seconds)."""
-    try:
-        return float(calendar.timegm(time.strptime(value, "%a, %d %b %Y %H:%M:%S GMT")))
-    except ValueError:
-        return 0.0
-
-
-def _error_from(
-    status: int, headers: http.client.HTTPMessage | None, body: bytes, method: str, resource: str
-) -> StorageHttpError:
-    code = headers.get("x-ms-error-code") if headers is not None else None
-    detail = ""
-    if body:
-        text = body[:4096].decode("utf-8", "replace")
-        try:
-            root = ET.fromstring(body)  # noqa: S314 - a small error document from the storage service
-            code = code or root.findtext("Code")
-            detail = (root.findtext("Message") or "").split("\n", 1)[0]
-            auth_detail = root.findtext("AuthenticationErrorDetail")
-            if auth_detail:
-                detail = f"{detail} {auth_detail}".strip()
-        except ET.ParseError:
-            detail = text
-    return StorageHttpError(status, code, redact(detail), method, resource)
 
 
 class _Answer:
@@ -448,14 +381,7 @@ class BlobRestClient:
         Returns:
             The blobs and the marker of the next page (``None`` after the last page).
         """
-        query = f"?restype=container&comp=list&include=metadata&maxresults={LIST_PAGE_SIZE}"
-        if prefix:
-            query += "&prefix=" + quote(prefix, safe="")
-        if marker:
-            query += "&marker=" + quote(marker, safe="")
-        body = self.request("GET", self.blob_path(container) + query, resource=f"{container}/{prefix}")
-        assert isinstance(body, bytes)  # noqa: S101 - no reader given, so the body
-        return parse_listing(body)
+        return parse_listing(self._list(container, prefix, marker, delimited=False))
 
     def get_into(
         self,
@@ -539,14 +465,19 @@ class BlobRestClient:
 
     def list_folder_page(self, container: str, prefix: str, marker: str | None) -> FolderPage:
         """List one page of what is directly in the folder ``prefix`` (delimited by ``/``, with metadata)."""
-        query = f"?restype=container&comp=list&delimiter=%2F&include=metadata&maxresults={LIST_PAGE_SIZE}"
+        return parse_folder_listing(self._list(container, prefix, marker, delimited=True))
+
+    def _list(self, container: str, prefix: str, marker: str | None, *, delimited: bool) -> bytes:
+        """Send one List Blobs request (with metadata; delimited by ``/`` or flat) and return its XML."""
+        delimiter = "&delimiter=%2F" if delimited else ""
+        query = f"?restype=container&comp=list{delimiter}&include=metadata&maxresults={LIST_PAGE_SIZE}"
         if prefix:
             query += "&prefix=" + quote(prefix, safe="")
         if marker:
             query += "&marker=" + quote(marker, safe="")
         body = self.request("GET", self.blob_path(container) + query, resource=f"{container}/{prefix}")
         assert isinstance(body, bytes)  # noqa: S101 - no reader given, so the body
-        return parse_folder_listing(body)
+        return body
 
     def get_properties(self, container: str, name: str) -> BlobProperties:
         """Return a blob's ETag, size, time and metadata (Get Blob Properties)."""
@@ -563,93 +494,3 @@ class BlobRestClient:
     def delete_blob(self, container: str, name: str) -> None:
         """Delete a blob (404 if there is none)."""
         self.request("DELETE", self.blob_path(container, name), ok=(202,), resource=f"{container}/{name}")
-
-
-def parse_listing(body: bytes) -> tuple[list[BlobItem], str | None]:
-    """Parse a List Blobs answer into blob items and the next marker."""
-    root = ET.fromstring(body)  # noqa: S314 - the storage service's own listing
-    return _blob_items(root), root.findtext("NextMarker") or None
-
-
-def _blob_items(root: ET.Element) -> list[BlobItem]:
-    items: list[BlobItem] = []
-    for blob in root.iter("Blob"):
-        name_el = blob.find("Name")
-        if name_el is None or name_el.text is None:
-            continue
-        name = unquote(name_el.text) if name_el.get("Encoded") == "true" else name_el.text
-        props = blob.find("Properties")
-        if props is None:
-            continue
-        md5_text = props.findtext("Content-MD5")
-        metadata_el = blob.find("Metadata")
-        metadata = {child.tag.lower(): child.text or "" for child in metadata_el} if metadata_el is not None else {}
-        items.append(
-            BlobItem(
-                name=name,
-                size=int(props.findtext("Content-Length") or 0),
-                etag=(props.findtext("Etag") or "").strip('"'),
-                last_modified=_http_date(props.findtext("Last-Modified") or ""),
-                content_md5=b64decode(md5_text) if md5_text else None,
-                metadata=metadata,
-            )
-        )
-    return items
-
-
-@dataclass(frozen=True)
-class FolderPage:
-    """One page of a delimited (``/``) listing: the blobs directly in a folder and its sub-folders.
-
-    Attributes:
-        blobs: The blobs whose names have no ``/`` after the prefix.
-        prefixes: The sub-folders' full names, each ending in ``/``.
-        marker: The marker of the next page (``None`` after the last page).
-    """
-
-    blobs: list[BlobItem]
-    prefixes: list[str]
-    marker: str | None
-
-
-@dataclass(frozen=True)
-class BlobProperties:
-    """What Get Blob Properties (``HEAD``) says of one blob.
-
-    Attributes:
-        etag: Its ETag, without quotes.
-        size: Its length in bytes.
-        last_modified: Its Last-Modified time, epoch seconds.
-        metadata: Its user metadata (lower-case keys).
-    """
-
-    etag: str
-    size: int
-    last_modified: float
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-def parse_folder_listing(body: bytes) -> FolderPage:
-    """Parse a delimited List Blobs answer (blobs, sub-folder prefixes, next marker) in one pass."""
-    root = ET.fromstring(body)  # noqa: S314 - the storage service's own listing
-    prefixes = []
-    for element in root.iter("BlobPrefix"):
-        name_el = element.find("Name")
-        if name_el is None or not name_el.text:
-            continue
-        prefixes.append(unquote(name_el.text) if name_el.get("Encoded") == "true" else name_el.text)
-    return FolderPage(_blob_items(root), prefixes, root.findtext("NextMarker") or None)
-
-
-def _properties_from(response: http.client.HTTPResponse) -> BlobProperties:
-    metadata = {
-        key[len(_META_HEADER) :].lower(): value
-        for key, value in response.getheaders()
-        if key.lower().startswith(_META_HEADER)
-    }
-    return BlobProperties(
-        etag=(response.getheader("ETag") or "").strip('"'),
-        size=int(response.getheader("Content-Length") or 0),
-        last_modified=_http_date(response.getheader("Last-Modified") or ""),
-        metadata=metadata,
-    )

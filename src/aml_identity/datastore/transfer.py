@@ -46,7 +46,15 @@ from aml_identity.errors import AmlIdentityError, ConfigurationError, TransferEr
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "TransferResult", "UploadOnExit", "download", "upload", "upload_on_exit"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "Outcome",
+    "TransferResult",
+    "UploadOnExit",
+    "download",
+    "upload",
+    "upload_on_exit",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -62,6 +70,9 @@ MAX_CONCURRENCY = 256
 ONCE_PER_NODE_REUSE_S = 600.0
 
 ProgressArg = bool | Callable[[int, int], None] | None
+# What one call did: sent data ("transferred"), waited for another process on the node that did the same
+# once-per-node download ("waited"), or found everything already up to date ("up_to_date").
+Outcome = Literal["transferred", "waited", "up_to_date"]
 
 
 @dataclass(frozen=True)
@@ -80,8 +91,10 @@ class TransferResult:
         bytes_resumed: Bytes a previous, interrupted download had already written (not fetched again).
         requests: Storage requests sent.
         seconds: Wall time.
-        shared: True when another process on this node did the transfer (``once_per_node=True``) and this
-            call only waited for it.
+        outcome: What this call did: ``"transferred"`` (it sent or received data: with ``once_per_node=True``,
+            it is the process that downloaded for the node), ``"waited"`` (another process on this node did
+            this once-per-node download and this call only waited for it: it sent no request) or
+            ``"up_to_date"`` (it checked storage and every file was already there).
         changed_files: Local files that changed while being uploaded (committed with their old mtime or not
             at all; the next upload sends them again).
     """
@@ -97,13 +110,23 @@ class TransferResult:
     bytes_resumed: int
     requests: int
     seconds: float
-    shared: bool = False
+    outcome: Outcome = "transferred"
     changed_files: tuple[str, ...] = ()
 
+    @property
+    def shared(self) -> bool:
+        """``outcome == "waited"``: another process on this node did the download (kept for compatibility).
+
+        False for a process that checked storage and found everything up to date, so it does not say which
+        process downloaded; read :attr:`outcome` for that.
+        """
+        return self.outcome == "waited"
+
     def to_dict(self) -> dict[str, Any]:
-        """Return the result as a JSON-ready dictionary."""
+        """Return the result as a JSON-ready dictionary (with ``shared`` too)."""
         data = asdict(self)
         data["changed_files"] = list(self.changed_files)
+        data["shared"] = self.shared
         return data
 
 
@@ -180,6 +203,7 @@ def _result(
         bytes_resumed=counters.bytes_resumed,
         requests=counters.requests,
         seconds=round(time.monotonic() - started, 3),
+        outcome="transferred" if counters.transferred_files or counters.bytes_transferred else "up_to_date",
         changed_files=changed,
     )
 
@@ -284,7 +308,10 @@ def _once_per_node(
             f"once_per_node needs a private lock folder, but {folder!r} is not a directory owned by this user "
             f"with mode 0700 ({exc}); remove it (or set TMPDIR to another folder) and run again."
         ) from None
-    marker = os.path.join(folder, f"download-{key}.done")
+    # One "done" marker per job: two jobs on the node downloading the same URI into the same folder each keep
+    # their own, so their ranks never take turns overwriting one marker (each turn cost a listing and ARM calls).
+    run_key = f"-{hashlib.sha256(run_id.encode()).hexdigest()[:16]}" if run_id else ""
+    marker = os.path.join(folder, f"download-{key}{run_key}.done")
     called_at = time.time()
     with FileLock(os.path.join(folder, f"download-{key}.lock")):
         with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
@@ -305,7 +332,7 @@ def _once_per_node(
                     bytes_resumed=0,
                     requests=0,
                     seconds=round(time.monotonic() - started, 3),
-                    shared=True,
+                    outcome="waited",
                 )
         result = run()
         payload = {

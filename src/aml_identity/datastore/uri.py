@@ -133,7 +133,7 @@ class DatastoreUri:
 
     @classmethod
     def _parse_azureml(cls, value: str, text: str) -> DatastoreUri:
-        match = _AZUREML_RE.match(text)
+        match = _AZUREML_RE.fullmatch(text)
         if not match:
             raise _fail(value, "an azureml:// URI needs datastores/<name>/paths/<path>")
         sub, rg, ws = match["sub"], match["rg"], match["ws"]
@@ -148,11 +148,11 @@ class DatastoreUri:
 
     @classmethod
     def _parse_storage(cls, value: str, text: str) -> DatastoreUri:
-        match = _STORAGE_RE.match(text)
+        match = _STORAGE_RE.fullmatch(text)
         if not match:
             raise _fail(value, "expected <container>@<account>.<service>.<suffix>")
         scheme = match["scheme"]
-        host = _HOST_RE.match(match["host"].lower())
+        host = _HOST_RE.fullmatch(match["host"].lower())
         if not host:
             raise _fail(value, f"{match['host']!r} is not <account>.blob.<suffix> or <account>.dfs.<suffix>")
         if host["service"] != _SCHEME_SERVICE[scheme]:
@@ -161,7 +161,7 @@ class DatastoreUri:
                 value, f"{scheme}:// addresses the {wanted} endpoint, so the host must be <account>.{wanted}.<suffix>"
             )
         container = match["container"]
-        if not _CONTAINER_RE.match(container):
+        if not _CONTAINER_RE.fullmatch(container):
             raise _fail(value, f"{container!r} is not a valid container name (3-63 lowercase letters, digits, hyphens)")
         return cls(
             scheme=scheme,  # type: ignore[arg-type]  # the regex admits only the four storage schemes
@@ -174,10 +174,10 @@ class DatastoreUri:
 
     @classmethod
     def _parse_https(cls, value: str, text: str) -> DatastoreUri:
-        match = _HTTPS_RE.match(text.split("?", 1)[0].split("#", 1)[0])
+        match = _HTTPS_RE.fullmatch(text.split("?", 1)[0].split("#", 1)[0])
         if not match:
             raise _fail(value, "expected https://<account>.blob.<suffix>/<container>/<path>")
-        host = _HOST_RE.match(match["host"].lower())
+        host = _HOST_RE.fullmatch(match["host"].lower())
         if not host:
             raise _fail(
                 value,
@@ -185,7 +185,7 @@ class DatastoreUri:
                 "public URI and map the account with AML_IDENTITY_BLOB_ENDPOINTS",
             )
         container = match["container"]
-        if not container or not _CONTAINER_RE.match(container):
+        if not container or not _CONTAINER_RE.fullmatch(container):
             raise _fail(value, "the URL names no valid container after the host")
         if "?" in text:
             raise _fail(value, "a query string (SAS token?) is not accepted: the job identity authenticates")

@@ -30,23 +30,23 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
-
-from azure.core.exceptions import AzureError
 
 from aml_identity import provisioning
 from aml_identity.errors import (
-    AmlIdentityError,
     ClusterNotFoundError,
     ComputeTargetConfigurationError,
     ComputeTargetException,
     ConfigurationError,
-    ProvisioningError,
-    redact,
 )
+from aml_identity.provisioning._v1_settings import (
+    AmlComputeProvisioningConfiguration,
+    AmlComputeStatus,
+    ScaleSettings,
+    v1_status,
+)
+from aml_identity.provisioning._v1_workspace import Workspace, WorkspaceLike, _supported, _v1_errors
 from aml_identity.provisioning.spec import (
     ProvisioningConfiguration,
     SystemAssigned,
@@ -58,11 +58,6 @@ from aml_identity.provisioning.spec import (
 from aml_identity.provisioning.workspace import arm_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from pathlib import Path
-
-    from azure.core.credentials import TokenCredential
-
     from aml_identity.provisioning.spec import Identity
 
 __all__ = [
@@ -82,212 +77,6 @@ COMPUTE_API_VERSION = "2025-12-01"
 # azureml-core's wait_for_completion default: 25 minutes.
 DEFAULT_TIMEOUT_MINUTES = 25
 _SECONDS_PER_MINUTE = 60
-
-
-@contextmanager
-def _v1_errors() -> Iterator[None]:
-    """Turn aml-identity's (and azure-core's) errors into SDK v1's, keeping the message and the cause."""
-    try:
-        yield
-    except ComputeTargetException:
-        raise
-    except ConfigurationError as exc:
-        raise ComputeTargetConfigurationError(exc.message, name=exc.name) from exc
-    except ProvisioningError as exc:
-        raise ComputeTargetException(exc.message, status_code=exc.status_code, error_code=exc.error_code) from exc
-    except AmlIdentityError as exc:
-        raise ComputeTargetException(exc.message) from exc
-    except AzureError as exc:
-        msg = f"Azure Resource Manager could not be reached or answered unexpectedly: {redact(str(exc))}"
-        raise ComputeTargetException(msg) from exc
-
-
-class Workspace:
-    """An Azure ML workspace, with SDK v1's constructor (``azureml.core.Workspace``).
-
-    Args:
-        subscription_id: The subscription (a GUID).
-        resource_group: The resource group.
-        workspace_name: The workspace name.
-        auth: Any ``TokenCredential``; azure-identity's ``DefaultAzureCredential`` when None (v1's
-            ``InteractiveLoginAuthentication`` and friends are not taken: pass an azure-identity credential).
-        environ: Environment to read ``AML_IDENTITY_ARM_ENDPOINT`` from (``os.environ`` by default).
-        connection_verify: TLS verification for ARM: True, False or a CA bundle.
-        sleep: Waits between polls (``time.sleep``; tests inject a fake).
-
-    Raises:
-        ComputeTargetConfigurationError: A name is malformed.
-    """
-
-    def __init__(
-        self,
-        subscription_id: str,
-        resource_group: str,
-        workspace_name: str,
-        auth: TokenCredential | None = None,
-        *,
-        environ: Mapping[str, str] | None = None,
-        connection_verify: bool | str | None = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> None:
-        """Validate the names (nothing is sent until a request is needed)."""
-        with _v1_errors():
-            self.supported = provisioning.Workspace(
-                subscription_id,
-                resource_group,
-                workspace_name,
-                credential=auth,
-                environ=environ,
-                connection_verify=connection_verify,
-                sleep=sleep,
-            )
-
-    @classmethod
-    def from_config(
-        cls, path: str | Path | None = None, auth: TokenCredential | None = None, **options: Any
-    ) -> Workspace:
-        """Read the workspace from an Azure ML ``config.json`` (as v1's ``Workspace.from_config``).
-
-        Args:
-            path: The file or a folder; ``.azureml/config.json`` or ``config.json`` here or in a parent when None.
-            auth: As for the constructor.
-            **options: ``environ``, ``connection_verify``, ``sleep`` (as for the constructor).
-
-        Raises:
-            ComputeTargetConfigurationError: No config found, or it lacks a field.
-        """
-        with _v1_errors():
-            found = provisioning.Workspace.from_config(path, environ=options.get("environ"))
-        return cls(found.subscription_id, found.resource_group, found.name, auth, **options)
-
-    @property
-    def name(self) -> str:
-        """The workspace name."""
-        return self.supported.name
-
-    @property
-    def subscription_id(self) -> str:
-        """The subscription."""
-        return self.supported.subscription_id
-
-    @property
-    def resource_group(self) -> str:
-        """The resource group."""
-        return self.supported.resource_group
-
-    @property
-    def location(self) -> str:
-        """The workspace's region (GET, cached)."""
-        with _v1_errors():
-            return self.supported.location
-
-    def get_details(self) -> dict[str, Any]:
-        """The workspace's ARM body."""
-        with _v1_errors():
-            return dict(self.supported.get_details())
-
-    @property
-    def compute_targets(self) -> dict[str, AmlCompute]:
-        """The workspace's AmlCompute clusters by name (v1 listed every compute type; the shim manages clusters)."""
-        return {target.name: target for target in ComputeTarget.list(self)}
-
-    def __repr__(self) -> str:
-        """v1's repr: the coordinates."""
-        return (
-            f"Workspace.create(name={self.name!r}, subscription_id={self.subscription_id!r}, "
-            f"resource_group={self.resource_group!r})"
-        )
-
-
-WorkspaceLike = Workspace | provisioning.Workspace
-
-
-def _supported(workspace: object) -> provisioning.Workspace:
-    if isinstance(workspace, Workspace):
-        return workspace.supported
-    if isinstance(workspace, provisioning.Workspace):
-        return workspace
-    msg = (
-        f"workspace must be an aml_identity.provisioning.v1.Workspace or aml_identity.provisioning.Workspace, not "
-        f"{type(workspace).__name__}: build it with Workspace(subscription_id, resource_group, workspace_name) or "
-        "Workspace.from_config()."
-    )
-    raise ComputeTargetConfigurationError(msg, name="workspace")
-
-
-@dataclass(frozen=True)
-class ScaleSettings:
-    """A cluster's scale settings, with v1's attribute names.
-
-    Attributes:
-        minimum_node_count: Nodes kept even when idle.
-        maximum_node_count: The most nodes it scales to.
-        idle_seconds_before_scaledown: How long a node idles before it is released.
-    """
-
-    minimum_node_count: int
-    maximum_node_count: int
-    idle_seconds_before_scaledown: int | None
-
-    def serialize(self) -> dict[str, Any]:
-        """v1's dict form."""
-        return {
-            "minNodeCount": self.minimum_node_count,
-            "maxNodeCount": self.maximum_node_count,
-            "nodeIdleTimeBeforeScaleDown": self.idle_seconds_before_scaledown,
-        }
-
-
-@dataclass(frozen=True)
-class AmlComputeStatus:
-    """What ``get_status()`` returns: the cluster's state from one GET, with v1's attribute names.
-
-    Attributes:
-        provisioning_state: ``Creating``, ``Succeeded``, ``Failed``...
-        allocation_state: ``Steady`` or ``Resizing``.
-        allocation_state_transition_time: When the allocation state last changed.
-        current_node_count: Nodes allocated now.
-        target_node_count: Nodes the current (or last) resize aims at.
-        node_state_counts: ``idle``, ``running``, ``preparing``, ``unusable``, ``leaving``, ``preempted``.
-        errors: Provisioning and node errors as ``code: message``.
-        scale_settings: The scale settings.
-        vm_size: The VM size.
-        vm_priority: ``Dedicated`` or ``LowPriority``.
-    """
-
-    provisioning_state: str
-    allocation_state: str | None
-    allocation_state_transition_time: str | None
-    current_node_count: int
-    target_node_count: int
-    node_state_counts: Mapping[str, int] = field(default_factory=dict)
-    errors: tuple[str, ...] = ()
-    scale_settings: ScaleSettings | None = None
-    vm_size: str | None = None
-    vm_priority: str | None = None
-
-    def serialize(self) -> dict[str, Any]:
-        """v1's dict form (camelCase keys)."""
-        return {
-            "provisioningState": self.provisioning_state,
-            "allocationState": self.allocation_state,
-            "allocationStateTransitionTime": self.allocation_state_transition_time,
-            "currentNodeCount": self.current_node_count,
-            "targetNodeCount": self.target_node_count,
-            "nodeStateCounts": dict(self.node_state_counts),
-            "errors": list(self.errors),
-            "scaleSettings": self.scale_settings.serialize() if self.scale_settings else None,
-            "vmSize": self.vm_size,
-            "vmPriority": self.vm_priority,
-        }
-
-
-@dataclass(frozen=True)
-class AmlComputeProvisioningConfiguration(ProvisioningConfiguration):
-    """What ``AmlCompute.provisioning_configuration(...)`` returns: the settings, validated, without a name."""
-
-    def validate_configuration(self) -> None:
-        """Nothing left to check: the settings were validated when they were made (v1 checked here)."""
 
 
 class ComputeTarget:
@@ -425,14 +214,8 @@ class ComputeTarget:
         """Its current state and node counts (GET)."""
         with _v1_errors():
             status = self.cluster.status()
-        return AmlComputeStatus(
-            provisioning_state=status.provisioning_state,
-            allocation_state=status.allocation_state,
-            allocation_state_transition_time=status.allocation_state_transition_time,
-            current_node_count=status.current_node_count,
-            target_node_count=status.target_node_count,
-            node_state_counts=dict(status.node_state_counts),
-            errors=status.errors,
+        return v1_status(
+            status,
             scale_settings=self._scale_settings(),
             vm_size=self._props().get("vmSize"),
             vm_priority=self._props().get("vmPriority"),
@@ -635,17 +418,8 @@ class AmlCompute(ComputeTarget):
     def status(self) -> AmlComputeStatus:
         """The state of the last GET (call :meth:`refresh_state` first for a fresh one)."""
         status = provisioning.ClusterStatus.from_arm(self.cluster.resource)
-        return AmlComputeStatus(
-            provisioning_state=status.provisioning_state,
-            allocation_state=status.allocation_state,
-            allocation_state_transition_time=status.allocation_state_transition_time,
-            current_node_count=status.current_node_count,
-            target_node_count=status.target_node_count,
-            node_state_counts=dict(status.node_state_counts),
-            errors=status.errors,
-            scale_settings=self._scale_settings(),
-            vm_size=self.vm_size,
-            vm_priority=self.vm_priority,
+        return v1_status(
+            status, scale_settings=self._scale_settings(), vm_size=self.vm_size, vm_priority=self.vm_priority
         )
 
     @property

@@ -6,12 +6,10 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-import jwt
-
+from aml_identity.testing.arm._authentication import ARM_AUDIENCES, authenticate, error_response
 from aml_identity.testing.arm._authorization import AuthorizationHandlers
 from aml_identity.testing.arm._http import Request, Response
 from aml_identity.testing.arm._ids import workspace_id
@@ -31,18 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["API_VERSIONS", "ARM_AUDIENCES", "SPEC_API_VERSIONS", "ArmApi", "RecordedArmRequest"]
 
-# The audiences ARM accepts for a management token.
-ARM_AUDIENCES = frozenset(
-    {
-        "https://management.azure.com",
-        "https://management.azure.com/",
-        "https://management.core.windows.net",
-        "https://management.core.windows.net/",
-    }
-)
-# ARM tolerates a few minutes of clock skew on nbf/exp; the emulator does the same, which also lets a
-# token minted from the wall clock pass against an emulated clock that started a moment earlier.
-TOKEN_SKEW_SECONDS = 300
 # How many schema errors an error message lists before it says "and N more".
 _MAX_LISTED_ERRORS = 5
 _COMPUTE_TYPES = (
@@ -115,21 +101,6 @@ class _Route:
     operation_id: str | None  # None: validated by the handler (async-operation status)
     api: str | None
     handler: Handler
-
-
-def _error(exc: ArmError) -> Response:
-    headers: dict[str, str] = {}
-    if isinstance(exc, _UnauthorizedError):
-        # ARM's challenge: where to get a token, and why this one was refused.
-        headers["WWW-Authenticate"] = (
-            f'Bearer authorization_uri="https://login.microsoftonline.com/{exc.tenant_id}", '
-            f'error="invalid_token", error_description="{exc.message.replace(chr(34), chr(39))}"'
-        )
-    return Response(exc.status, exc.body(), headers)
-
-
-def _arm_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%m/%d/%Y %H:%M:%S")
 
 
 class ArmApi(AuthorizationHandlers):
@@ -232,7 +203,7 @@ class ArmApi(AuthorizationHandlers):
             with self.state.lock:
                 response = route.handler(request, params)
         except ArmError as exc:
-            response = _error(exc)
+            response = error_response(exc)
         if route is not None and route.operation_id is not None:
             self._check_response(route.operation_id, response)
         self.requests.append(
@@ -309,38 +280,7 @@ class ArmApi(AuthorizationHandlers):
             )
 
     def _authenticate(self, request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header or scheme.lower() != "bearer" or not token.strip():
-            self._unauthorized(
-                "AuthenticationFailed",
-                "Authentication failed. The 'Authorization' header is missing or malformed.",
-            )
-        try:
-            claims = jwt.decode(token.strip(), options={"verify_signature": False})
-        except jwt.PyJWTError:
-            self._unauthorized("InvalidAuthenticationToken", "The access token is invalid (not a JWT).")
-        audience = claims.get("aud")
-        if audience not in ARM_AUDIENCES:
-            self._unauthorized(
-                "InvalidAuthenticationTokenAudience",
-                f"The access token has been obtained for wrong audience or resource '{audience}'. It should "
-                f"exactly match with one of the allowed audiences {sorted(ARM_AUDIENCES)}.",
-            )
-        now = self.state.now()
-        expires = claims.get("exp")
-        if not isinstance(expires, (int, float)) or expires + TOKEN_SKEW_SECONDS < now:
-            self._unauthorized(
-                "ExpiredAuthenticationToken",
-                f"The access token expiry UTC time '{_arm_time(float(expires or 0))}' is earlier than "
-                f"current UTC time '{_arm_time(now)}'.",
-            )
-        not_before = claims.get("nbf")
-        if isinstance(not_before, (int, float)) and not_before - TOKEN_SKEW_SECONDS > now:
-            self._unauthorized("InvalidAuthenticationToken", "The access token is not yet valid (nbf).")
-
-    def _unauthorized(self, code: str, message: str) -> None:
-        raise _UnauthorizedError(code, message, self.state.tenant_id)
+        authenticate(request, now=self.state.now(), tenant_id=self.state.tenant_id)
 
     def _async_headers(
         self, request: Request, op_id: str, subscription: str, location: str, *, with_location: bool
@@ -596,12 +536,6 @@ class ArmApi(AuthorizationHandlers):
                 f"The datastore '{p['name']}' was not found in workspace '{p['ws']}'.",
             )
         return Response(200, store)
-
-
-class _UnauthorizedError(ArmError):
-    def __init__(self, code: str, message: str, tenant_id: str) -> None:
-        super().__init__(401, code, message)
-        self.tenant_id = tenant_id
 
 
 def _busy(compute: Compute) -> ArmError:

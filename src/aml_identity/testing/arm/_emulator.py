@@ -4,30 +4,26 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-
-from azure.core.credentials import AccessToken
 
 from aml_identity._environment import is_guid
 from aml_identity.errors import AmlIdentityError, ConfigurationError
 from aml_identity.testing._http import BackgroundServer
 from aml_identity.testing._tls import TlsMaterial, make_tls_material
 from aml_identity.testing.arm._api import ArmApi, RecordedArmRequest
+from aml_identity.testing.arm._clock import _EmulatorCredential, _ManualClock
 from aml_identity.testing.arm._http import ArmServer
 from aml_identity.testing.arm._ids import (
-    BUILTIN_ROLES,
     ArmId,
     registry_id,
     resource_group_id,
-    role_definition_guid,
     user_assigned_identity_id,
     workspace_id,
 )
 from aml_identity.testing.arm._openapi import ArmSpecs, SpecFinding
+from aml_identity.testing.arm._seeds import checked_sizes, datastore_body, identity_body, role_guid, workspace_body
 from aml_identity.testing.arm._state import ArmState, Quota, iso
 from aml_identity.testing.arm._vm_sizes import DEFAULT_VM_SIZES, VmSize
 
@@ -41,59 +37,12 @@ __all__ = ["ArmEmulator", "SpecViolationError"]
 # clock by what the client sleeps, so a realistic value costs no real time.
 DEFAULT_RETRY_AFTER_S = 10.0
 DEFAULT_LOCATION = "eastus"
-ARM_AUDIENCE = "https://management.azure.com"
 # An hour, like Entra's default access-token lifetime.
 _TOKEN_LIFETIME_S = 3600
 
 
 class SpecViolationError(AmlIdentityError, AssertionError):
     """The emulator sent a body that does not match the official spec: a bug in the emulator."""
-
-
-class _EmulatorCredential:
-    """An azure-core ``TokenCredential`` minting management tokens on the emulator's clock."""
-
-    def __init__(self, clock: Callable[[], float], object_id: str, client_id: str, lifetime: int) -> None:
-        self._clock = clock
-        self.object_id = object_id
-        self.client_id = client_id
-        self._lifetime = lifetime
-
-    def get_token(self, *scopes: str, **_kwargs: Any) -> AccessToken:
-        """Return a token for ARM (any scope is accepted; the audience is always ARM's)."""
-        from aml_identity.testing._jwt import mint_token  # noqa: PLC0415
-
-        del scopes
-        now = int(self._clock())
-        token = mint_token(
-            audience=ARM_AUDIENCE,
-            issued_at=now,
-            expires_on=now + self._lifetime,
-            object_id=self.object_id,
-            client_id=self.client_id,
-        )
-        return AccessToken(token, now + self._lifetime)
-
-    def __repr__(self) -> str:
-        """Show the identity, never a token."""
-        return f"_EmulatorCredential(object_id={self.object_id!r})"
-
-
-class _ManualClock:
-    """Emulated time: starts at the wall clock, then moves only when told to."""
-
-    def __init__(self) -> None:
-        self._now = time.time()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> float:
-        with self._lock:
-            self._now += max(0.0, seconds)
-            return self._now
 
 
 WorkspaceRef = str | tuple[str, str, str]
@@ -215,7 +164,7 @@ class ArmEmulator(BackgroundServer):
         self._state = ArmState(
             self._clock,
             tenant_id=tenant_id or DEFAULT_TENANT_ID,
-            vm_sizes=_checked_sizes(DEFAULT_VM_SIZES if vm_sizes is None else vm_sizes),
+            vm_sizes=checked_sizes(DEFAULT_VM_SIZES if vm_sizes is None else vm_sizes),
         )
         self._port = port
         self.sleeps: list[float] = []
@@ -347,38 +296,17 @@ class ArmEmulator(BackgroundServer):
         if storage_account is None:
             account = ("st" + "".join(c for c in name.lower() if c.isalnum()))[:18] + uuid.uuid4().hex[:6]
             storage_account = self.add_storage_account(subscription_id, resource_group, account)
-        suffix = uuid.uuid4().hex[:12]
-        properties: dict[str, Any] = {
-            "friendlyName": name,
-            "workspaceId": str(uuid.uuid4()),
-            "storageAccount": storage_account,
-            "keyVault": f"{group}/providers/Microsoft.KeyVault/vaults/kv{suffix}",
-            "applicationInsights": f"{group}/providers/Microsoft.Insights/components/ai{suffix}",
-            "provisioningState": "Succeeded",
-            "discoveryUrl": f"https://{location}.api.azureml.ms/discovery",
-            "hbiWorkspace": False,
-            "publicNetworkAccess": "Enabled",
-            "v1LegacyMode": False,
-        }
-        if container_registry:
-            properties["containerRegistry"] = container_registry
         with self._state.lock:
-            body = {
-                "id": ws_id,
-                "name": name,
-                "type": "Microsoft.MachineLearningServices/workspaces",
-                "location": location,
-                "tags": {},
-                "kind": "Default",
-                "sku": {"name": "Basic", "tier": "Basic"},
-                "identity": {
-                    "type": "SystemAssigned",
-                    "principalId": self._state.new_principal(),
-                    "tenantId": self._state.tenant_id,
-                },
-                "properties": properties,
-            }
-            self._state.workspaces[ws_id.lower()] = body
+            self._state.workspaces[ws_id.lower()] = workspace_body(
+                ws_id,
+                group,
+                name,
+                location=location,
+                storage_account=storage_account,
+                container_registry=container_registry,
+                principal_id=self._state.new_principal(),
+                tenant_id=self._state.tenant_id,
+            )
         return ws_id
 
     def add_user_assigned_identity(
@@ -408,18 +336,14 @@ class ArmEmulator(BackgroundServer):
         with self._state.lock:
             principal = principal_id or self._state.new_principal()
             self._state.principals.add(principal.lower())
-            body: dict[str, Any] = {
-                "id": identity_id,
-                "name": name,
-                "type": "Microsoft.ManagedIdentity/userAssignedIdentities",
-                "location": location,
-                "tags": {},
-                "properties": {
-                    "tenantId": tenant_id or self._state.tenant_id,
-                    "principalId": principal,
-                    "clientId": client_id or str(uuid.uuid4()),
-                },
-            }
+            body = identity_body(
+                identity_id,
+                name,
+                location=location,
+                tenant_id=tenant_id or self._state.tenant_id,
+                principal_id=principal,
+                client_id=client_id or str(uuid.uuid4()),
+            )
             self._state.identities[identity_id.lower()] = {
                 "body": body,
                 "principalId": principal,
@@ -470,26 +394,18 @@ class ArmEmulator(BackgroundServer):
         if parsed is None or ws_id.lower() not in self._state.workspaces:
             raise ConfigurationError(f"No workspace {ws_id!r} in the emulator; add it first with add_workspace().")
         store_id = f"{ws_id}/datastores/{name}"
-        body = {
-            "id": store_id,
-            "name": name,
-            "type": "Microsoft.MachineLearningServices/workspaces/datastores",
-            "properties": {
-                "datastoreType": "AzureBlob",
-                "accountName": account_name,
-                "containerName": container_name,
-                "endpoint": endpoint,
-                "protocol": protocol,
-                "credentials": {"credentialsType": "None"},
-                "serviceDataAccessAuthIdentity": service_data_access_auth_identity,
-                "isDefault": is_default,
-                "subscriptionId": parsed.subscription,
-                "resourceGroup": parsed.resource_group,
-                "description": description,
-                "tags": {},
-                "properties": {},
-            },
-        }
+        body = datastore_body(
+            store_id,
+            name,
+            parsed,
+            account_name=account_name,
+            container_name=container_name,
+            endpoint=endpoint,
+            protocol=protocol,
+            is_default=is_default,
+            description=description,
+            service_data_access_auth_identity=service_data_access_auth_identity,
+        )
         with self._state.lock:
             self._state.datastores[store_id.lower()] = body
         return store_id
@@ -521,7 +437,7 @@ class ArmEmulator(BackgroundServer):
         principal_type: str = "ServicePrincipal",
     ) -> str:
         """Grant ``role`` (built-in name, GUID or definition id) at ``scope``; return the assignment id."""
-        guid = _role_guid(role)
+        guid = role_guid(role)
         parsed = ArmId.parse(scope)
         if parsed is None:
             raise ConfigurationError(f"{scope!r} is not a subscription, resource group or resource id.", name="scope")
@@ -538,7 +454,7 @@ class ArmEmulator(BackgroundServer):
         Raises:
             ConfigurationError: ``sizes`` holds something other than a :class:`VmSize`, or one size twice.
         """
-        checked = _checked_sizes(sizes)
+        checked = checked_sizes(sizes)
         with self._state.lock:
             self._state.vm_sizes[location.lower()] = checked
 
@@ -619,30 +535,3 @@ class ArmEmulator(BackgroundServer):
         """Show where it listens and the emulated time."""
         where = f"https://127.0.0.1:{self._server.port}" if self._server else "stopped"
         return f"ArmEmulator({where}, now={iso(self.now())})"
-
-
-def _checked_sizes(sizes: Iterable[VmSize]) -> list[VmSize]:
-    checked: list[VmSize] = []
-    entries: Iterable[object] = sizes  # checked at run time: callers may pass anything
-    for size in entries:
-        if not isinstance(size, VmSize):
-            msg = f"vm_sizes must hold VmSize(name, family, vcpus, ...) entries, not {size!r}."
-            raise ConfigurationError(msg, name="vm_sizes")
-        if any(other.name.lower() == size.name.lower() for other in checked):
-            raise ConfigurationError(f"vm_sizes lists {size.name!r} twice; keep one entry.", name="vm_sizes")
-        checked.append(size)
-    return checked
-
-
-def _role_guid(role: str) -> str:
-    by_name = {name.lower(): guid for guid, name in BUILTIN_ROLES.items()}
-    if role.lower() in by_name:
-        return by_name[role.lower()]
-    if is_guid(role):
-        return role.lower()
-    guid = role_definition_guid(role)
-    if guid:
-        return guid
-    names = ", ".join(sorted(BUILTIN_ROLES.values()))
-    msg = f"Unknown role {role!r}: pass a built-in role name ({names}), a GUID or a role definition id."
-    raise ConfigurationError(msg, name="role")

@@ -43,13 +43,13 @@ _ROLE_DEFINITION = re.compile(
 _RESOURCE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)(?:/resourceGroups/(?P<rg>[^/]+)"
     r"(?:/providers/(?P<namespace>[^/]+)/(?P<rest>.+))?)?$",
-    re.IGNORECASE,
+    re.IGNORECASE | re.DOTALL,
 )
 
 
 def role_definition_guid(role_definition_id: str) -> str | None:
     """Return the GUID of a role definition id, or None when it is not one."""
-    match = _ROLE_DEFINITION.match(role_definition_id)
+    match = _ROLE_DEFINITION.fullmatch(role_definition_id)
     return match.group("guid").lower() if match else None
 
 
@@ -114,7 +114,7 @@ class ArmId:
     @classmethod
     def parse(cls, value: str) -> ArmId | None:
         """Parse ``value``; None when it is not a subscription, group or resource id."""
-        match = _RESOURCE.match(value.rstrip("/"))
+        match = _RESOURCE.fullmatch(value.rstrip("/"))
         if not match:
             return None
         rest = match.group("rest")
@@ -122,7 +122,7 @@ class ArmId:
         names: tuple[str, ...] = ()
         if rest:
             parts = rest.split("/")
-            if len(parts) % 2:
+            if len(parts) % 2 or not all(parts):  # a type without a name, or an empty segment (`//`)
                 return None
             types, names = tuple(parts[0::2]), tuple(parts[1::2])
         return cls(match.group("sub"), match.group("rg"), match.group("namespace"), types, names)

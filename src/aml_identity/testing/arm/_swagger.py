@@ -107,7 +107,7 @@ def _format_checker() -> FormatChecker:
 
     @checker.checks("uuid")
     def _uuid(instance: object) -> bool:
-        return not isinstance(instance, str) or bool(_UUID.match(instance))
+        return not isinstance(instance, str) or bool(_UUID.fullmatch(instance))
 
     @checker.checks("date-time")
     def _date_time(instance: object) -> bool:
@@ -121,7 +121,7 @@ def _format_checker() -> FormatChecker:
 
     @checker.checks("duration")
     def _duration(instance: object) -> bool:
-        return not isinstance(instance, str) or bool(_DURATION.match(instance))
+        return not isinstance(instance, str) or bool(_DURATION.fullmatch(instance))
 
     return checker
 
