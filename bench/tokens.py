@@ -157,7 +157,8 @@ def _table(latency: dict[str, tuple[float, float]], herds: list[HerdResult], arg
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; {versions('azure-identity', 'msal', 'azure-core')}.",
         (
-            f"Command: `python -m bench tokens{' --quick' if args.quick else ''}`. Emulator: "
+            f"Command: `python -m bench tokens{' --quick' if args.quick else ''}"
+            f"{f' --herds {args.herds}' if args.herds else ''}`. Emulator: "
             "`aml_identity.testing.IdentityEndpoint`, Azure ML protocol (`MSI_ENDPOINT`), in the benchmark process."
         ),
         "",
