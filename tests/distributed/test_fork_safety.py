@@ -361,8 +361,10 @@ def _stressed_child() -> None:  # runs in a forked child: a DataLoader worker's 
 
     aml_identity.get_token(STORAGE)  # the process's shared credential, inherited
     aml_identity.default_credential().get_token(STORAGE, claims="{}")  # a fetch: store, node lock, session
-    resolve_module.clear_cache()
-    resolve("azureml://datastores/data/paths/in/")  # the lookup lock and an ARM request
+    # The lookup lock, then the inherited lookup. Not a fresh ARM request: that sets up TLS, and a child forked
+    # while a parent thread is inside OpenSSL (creating a context, loading CA certificates) can wait forever on
+    # OpenSSL's own locks - a hazard of fork itself that no Python-level reset removes (docs/runtime.md).
+    resolve("azureml://datastores/data/paths/in/")
 
 
 class _BusyParent:
@@ -378,7 +380,8 @@ class _BusyParent:
         credential = aml_identity.default_credential()
 
         def resolve_again() -> None:
-            resolve_module.clear_cache()
+            # The lookup lock and cache, as a prefetch thread uses them. The lookup itself (ARM over TLS) is left
+            # out once the cache holds it: see _stressed_child for why a child must not inherit an empty one.
             resolve(uris["in"])
 
         self.work: dict[str, Callable[[], object]] = {
