@@ -1,11 +1,15 @@
-"""``python -m bench NAME [options]``: run one benchmark (tokens, transfer, mount, imports) or ``all``."""
+"""``python -m bench NAME [options]``: run one benchmark (tokens, transfer, mount, imports, faults) or ``all``.
+
+Performance (``docs/performance.md``): tokens, transfer, mount, imports. Reliability (``docs/reliability.md``):
+faults, storage-faults, and soak (``--minutes 30``; neither storage-faults nor soak is part of ``all``).
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("tokens", "transfer", "mount", "imports")
+BENCHMARKS = ("tokens", "transfer", "mount", "imports", "faults")
 
 
 def main(argv: list[str]) -> int:
@@ -16,7 +20,7 @@ def main(argv: list[str]) -> int:
     name, rest = argv[0], argv[1:]
     names = BENCHMARKS if name == "all" else (name,)
     for each in names:
-        module = importlib.import_module(f"bench.{each}")
+        module = importlib.import_module(f"bench.{each.replace('-', '_')}")
         code = module.main(rest)
         if code:
             return int(code)

@@ -41,11 +41,14 @@ def versions(*packages: str) -> str:
     return ", ".join(found)
 
 
-def update_section(name: str, markdown: str, path: Path = PERFORMANCE_MD) -> None:
-    """Replace (or append) the section delimited by ``<!-- bench:NAME -->`` markers in ``path``."""
+def update_section(name: str, markdown: str, path: Path = PERFORMANCE_MD, *, header: str = _HEADER) -> None:
+    """Replace (or append) the section delimited by ``<!-- bench:NAME -->`` markers in ``path``.
+
+    ``header`` starts the page when ``path`` does not exist yet.
+    """
     start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     block = f"{start}\n{markdown.rstrip()}\n{end}\n"
-    text = path.read_text() if path.exists() else _HEADER
+    text = path.read_text() if path.exists() else header
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
     path.parent.mkdir(parents=True, exist_ok=True)

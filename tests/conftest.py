@@ -1,7 +1,9 @@
 """Test-suite configuration.
 
 The aml-identity pytest plugin (entry point ``pytest11``) provides the emulator fixtures; here every test
-also runs behind the loopback guard, so nothing in this suite can reach IMDS, Azure, or any other host.
+also runs behind the loopback guard, so nothing in this suite can reach IMDS, Azure, or any other host,
+and every test fails if its captured logs, stdout/stderr or failure text show a token minted by the
+emulators or an identity-endpoint secret (``aml_identity.testing._secrets``).
 """
 
 from __future__ import annotations
@@ -9,10 +11,35 @@ from __future__ import annotations
 import pytest
 
 from aml_identity.testing import _guard
+from aml_identity.testing._secrets import find_leaks
 
 
-def pytest_configure() -> None:
+def pytest_configure(config) -> None:
     _guard.install()
+    config.addinivalue_line(
+        "markers", "leaks_on_purpose: shows an emulator token or secret on purpose (exempt from the leak check)"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Fail a test phase whose captured output or failure text holds an emulator token or secret."""
+    outcome = yield
+    report = outcome.get_result()
+    if item.get_closest_marker("leaks_on_purpose") is not None:
+        return
+    sections = [(name, content) for name, content in report.sections if name.endswith(f" {report.when}")]
+    texts = [content for _, content in sections]
+    if report.longrepr is not None:
+        texts.append(report.longreprtext)
+    leaks = find_leaks("\n".join(texts))
+    if leaks:
+        where = ", ".join(name for name, _ in sections) or "the failure text"
+        report.outcome = "failed"
+        report.longrepr = (
+            f"Secret leak in {report.when} ({where}): {'; '.join(leaks)}. Tokens and secrets must never reach a "
+            "log line, output or an exception message: mask them (aml_identity.errors.redact)."
+        )
 
 
 # Variables that would make msal or our resolution pick another identity source; cleared for every test.

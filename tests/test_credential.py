@@ -180,7 +180,7 @@ class TestRefreshWindows:
         with caplog.at_level(logging.WARNING):
             assert cred.get_token(STORAGE).token == first.token
         assert "Proactive token refresh failed" in caplog.text
-        clock.advance(first.expires_on - 200 - clock())  # into the last 5 minutes
+        clock.advance(first.expires_on + 100 - clock())  # past the reported expiry: into the last 5 minutes
         with pytest.raises(TokenRequestError):
             cred.get_token(STORAGE)
         aml.fail_always(None)
@@ -194,7 +194,7 @@ class TestRefreshWindows:
             aml.fail_always(Fault.status(400, body={"error": "invalid_request"}))
             again = await cred.get_token(STORAGE)
             info = await cred.get_token_info(STORAGE)
-            clock.advance(first.expires_on - 200 - clock())
+            clock.advance(first.expires_on + 100 - clock())  # the reported expiry starts the last 5 minutes
             with pytest.raises(TokenRequestError):
                 await cred.get_token(STORAGE)
             return first, again, info
@@ -211,6 +211,19 @@ class TestRefreshWindows:
         second = cred.get_token_info(STORAGE)
         assert second.token != first.token
         assert aml.request_count == 2
+
+
+class TestHandOutMargin:
+    def test_an_sdk_keeping_a_30_s_token_until_its_reported_expiry_never_sends_one_about_to_expire(self, aml, clock):
+        """azure-core's bearer policy reuses a token until min(refresh_on + 0..60 s jitter, expires_on)."""
+        aml.token_lifetime = 30
+        cred = credential(clock)
+        for jitter in (0, 5, 60, 60):
+            info = cred.get_token_info(STORAGE)
+            exp = claims(info.token)["exp"]
+            clock.advance(min(info.refresh_on + jitter, info.expires_on) - clock())
+            assert exp - clock() >= 7  # the last moment the SDK signs a request with it: 7 s still left
+        assert aml.request_count == 4  # one token per round: each return finds the last one due for refresh
 
 
 class TestNodeCache:

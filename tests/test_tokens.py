@@ -241,6 +241,61 @@ class TestWindows:
         assert store.get(KEY, fetch, force=True).token == "token-2"
 
 
+class TestHandOutMargin:
+    """No caller gets a token with less than its mandatory window left; the expiry callers see is that deadline."""
+
+    def test_callers_see_the_start_of_the_mandatory_window_as_the_expiry(self, clock):
+        short = new_token("t", expires_on=T0 + 30, now=T0)
+        assert short.access_token.expires_on == short.info.expires_on == short.mandatory_on == T0 + 30 - 7
+        day = new_token("t", expires_on=T0 + DAY, now=T0)
+        assert day.access_token.expires_on == T0 + DAY - 5 * 60
+        assert day.info.refresh_on == T0 + DAY // 2  # refresh_on is unchanged
+
+    def test_a_30_s_token_comes_back_new_when_an_sdk_returns_at_its_reported_expiry(self, clock):
+        store, fetch = make_store(clock), Fetcher(clock, lifetime=30)
+        first = store.get(KEY, fetch)
+        # azure-core keeps a token until min(refresh_on + up to 60 s of jitter, expires_on): the reported expiry.
+        clock.advance(first.access_token.expires_on - clock())
+        again = store.get(KEY, fetch)
+        assert again.token == "token-2"
+        assert again.expires_on - clock() == 30
+
+    def test_an_advisory_refresh_that_fails_into_the_mandatory_window_refreshes_before_handing_out(self, clock):
+        store, fetch = make_store(clock), Fetcher(clock, lifetime=30)
+        store.get(KEY, fetch)
+        clock.advance(16)  # advisory (refresh_on = 15 s, mandatory_on = 23 s)
+
+        class SlowFailure:
+            """The advisory fetch fails after retries that took 10 s; the next fetch works."""
+
+            def __init__(self) -> None:
+                self.calls = 0
+
+            def __call__(self) -> CachedToken:
+                self.calls += 1
+                if self.calls == 1:
+                    clock.advance(10)
+                    raise TokenRequestError("endpoint down", identity="uai", endpoint="http://127.0.0.1:1")
+                return new_token("token-new", expires_on=int(clock()) + 30, now=clock())
+
+        slow = SlowFailure()
+        token = store.get(KEY, slow)
+        assert token.token == "token-new"  # not token-1, which has 4 s left
+        assert slow.calls == 2
+
+    def test_when_that_refresh_fails_too_the_error_is_raised(self, clock):
+        store, fetch = make_store(clock), Fetcher(clock, lifetime=30)
+        store.get(KEY, fetch)
+        clock.advance(16)
+
+        def failing() -> CachedToken:
+            clock.advance(10)
+            raise TokenRequestError("endpoint down", identity="uai", endpoint="http://127.0.0.1:1")
+
+        with pytest.raises(TokenRequestError, match="endpoint down"):
+            store.get(KEY, failing)
+
+
 class TestNodeSharing:
     def test_a_second_process_reads_the_first_ones_token(self, clock, tmp_path):
         directory = tmp_path / "cache"

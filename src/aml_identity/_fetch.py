@@ -40,10 +40,15 @@ from aml_identity._tokens import CachedToken, new_token
 from aml_identity.errors import AmlIdentityError, ConfigurationError, redact
 from aml_identity.identity import SOURCE_NAMES, ManagedIdentity
 
-__all__ = ["Fetcher", "MsalFetcher", "WorkloadIdentityFetcher", "make_fetcher"]
+__all__ = ["MAX_RESPONSE_BYTES", "Fetcher", "MsalFetcher", "WorkloadIdentityFetcher", "make_fetcher"]
 
 _log = logging.getLogger("aml_identity.fetch")
 
+# A token response is a few kilobytes (a JWT of 1-3 KB plus five short fields). A body larger than this is
+# not a token response (a misrouted proxy, a log dump, an attack): it is cut off, never buffered whole.
+MAX_RESPONSE_BYTES = 1024 * 1024
+# The body is read in pieces of this size, so an oversized answer costs at most one piece beyond the cap.
+_READ_CHUNK_BYTES = 64 * 1024
 # App Service 2017 and Azure ML's async path send expires_on as a date string (Linux and Windows formats).
 _EXPIRES_ON_FORMATS = ("%m/%d/%Y %H:%M:%S %z", "%m/%d/%Y %I:%M:%S %p %z")
 # Variables msal reads from os.environ to choose and reach the endpoint (JobEnvironment field -> variable);
@@ -147,7 +152,60 @@ def _parse_epoch(value: object) -> int | None:
 
 
 def _is_transient(exc: Exception) -> bool:
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout))
+    # ChunkedEncodingError: the connection closed before the whole body arrived (a truncated answer).
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError))
+
+
+@dataclass(frozen=True)
+class _Received:
+    """One complete response, its body read (at most :data:`MAX_RESPONSE_BYTES`) and the connection released."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+    encoding: str | None
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(self.encoding or "utf-8", errors="replace")
+
+
+class _OversizedError(Exception):
+    """The endpoint's answer is larger than :data:`MAX_RESPONSE_BYTES` (not retried)."""
+
+    def __init__(self, status: int, declared: int | None) -> None:
+        super().__init__(status, declared)
+        self.status = status
+        self.declared = declared
+
+
+def _read_capped(response: requests.Response) -> _Received:
+    """Read a streamed response's body, refusing one larger than :data:`MAX_RESPONSE_BYTES`.
+
+    Raises:
+        _OversizedError: The body (declared or received) is over the cap; the connection is closed.
+        requests.exceptions.ChunkedEncodingError: The connection closed before the declared length arrived.
+    """
+    try:
+        declared_text = response.headers.get("Content-Length")
+        declared = int(declared_text) if declared_text and declared_text.isdigit() else None
+        if declared is not None and declared > MAX_RESPONSE_BYTES:
+            raise _OversizedError(response.status_code, declared)
+        if response.raw is None:  # a transport adapter that built the body in memory
+            content = response.content
+            if len(content) > MAX_RESPONSE_BYTES:
+                raise _OversizedError(response.status_code, len(content))
+            return _Received(response.status_code, response.headers, content, response.encoding)
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_content(_READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise _OversizedError(response.status_code, declared)
+            chunks.append(chunk)
+        return _Received(response.status_code, response.headers, b"".join(chunks), response.encoding)
+    finally:
+        response.close()  # an unread remainder closes the connection instead of being drained
 
 
 class _Exchange:
@@ -182,13 +240,15 @@ class _Exchange:
         data = kwargs.pop("data", None)
         policy = f.policy
 
-        def send(read_timeout: float) -> requests.Response:
-            return session.request(
-                method, url, params=params, data=data, headers=headers,
-                timeout=(policy.connect_timeout, read_timeout), allow_redirects=False,
+        def send(read_timeout: float) -> _Received:
+            return _read_capped(
+                session.request(
+                    method, url, params=params, data=data, headers=headers,
+                    timeout=(policy.connect_timeout, read_timeout), allow_redirects=False, stream=True,
+                )
             )  # fmt: skip
 
-        def on_retry(attempt: int, resp: requests.Response | None, err: Exception | None, wait: float) -> None:
+        def on_retry(attempt: int, resp: _Received | None, err: Exception | None, wait: float) -> None:
             what = f"answered {resp.status_code}" if resp is not None else f"did not answer ({type(err).__name__})"
             if resp is not None and resp.status_code == HTTPStatus.NOT_FOUND and f.identity.selected_by == "argument":
                 _log.warning(
@@ -199,18 +259,21 @@ class _Exchange:
             else:
                 _log.info("The %s %s; retry %d in %.1f s.", f.source_name, what, attempt, wait)
 
-        outcome = call_with_retries(
-            send,
-            policy=policy,
-            is_transient=_is_transient,
-            clock=f.clock,
-            sleep=f.sleep,
-            rng=f.rng,
-            on_retry=on_retry,
-            give_up_on_first_error=f.unavailable_if_silent,
-        )
+        try:
+            outcome = call_with_retries(
+                send,
+                policy=policy,
+                is_transient=_is_transient,
+                clock=f.clock,
+                sleep=f.sleep,
+                rng=f.rng,
+                on_retry=on_retry,
+                give_up_on_first_error=f.unavailable_if_silent,
+            )
+        except _OversizedError as exc:
+            raise self._oversized(exc) from None
         response = outcome.response
-        if not isinstance(response, requests.Response):
+        if not isinstance(response, _Received):
             raise self._no_response(outcome.error, outcome.attempts, outcome.elapsed, exhausted=outcome.exhausted)
         return self._interpret(response, outcome.attempts, outcome.elapsed)
 
@@ -234,7 +297,20 @@ class _Exchange:
             retryable=True,
         )
 
-    def _interpret(self, response: requests.Response, attempts: int, elapsed: float) -> _Answer:
+    def _oversized(self, exc: _OversizedError) -> errors.TokenRequestError:
+        f = self._f
+        size = f"{exc.declared} bytes" if exc.declared is not None else "more than that"
+        return errors.TokenRequestError(
+            f"The {f.source_name} answered {exc.status} with a body of {size} for {f.identity.describe()}; a token "
+            f"response is a few kilobytes, so aml-identity stopped reading at {MAX_RESPONSE_BYTES} bytes. Something "
+            "other than the identity endpoint is answering at this address (a proxy, another service): check "
+            "MSI_ENDPOINT / IDENTITY_ENDPOINT.",
+            identity=f.identity.selector,
+            endpoint=f.identity.endpoint,
+            status_code=exc.status,
+        )
+
+    def _interpret(self, response: _Received, attempts: int, elapsed: float) -> _Answer:
         """Return a 200 (normalised) or Arc's challenge to msal; raise our error for anything else."""
         f = self._f
         status = response.status_code
@@ -341,7 +417,7 @@ class _Exchange:
             name=name,
         )
 
-    def _normalised(self, body: dict[str, Any], response: requests.Response) -> _Answer:
+    def _normalised(self, body: dict[str, Any], response: _Received) -> _Answer:
         f = self._f
         token = body.get("access_token")
         expires_on = _parse_epoch(body.get("expires_on"))

@@ -8,6 +8,13 @@
 * **Refresh**: a token is *fresh* until ``refresh_on``; then, in the *advisory* window, one caller refreshes
   while the others keep using the valid token and a failure is only logged (and not retried for 30 s);
   in the *mandatory* window (the last 5 minutes) callers block on one refresh and a failure raises.
+* **Hand-out margin**: a token is never handed out with less than its mandatory window left (5 min, or a
+  quarter of the lifetime for tokens under 20 min). The ``expires_on`` that callers see (``AccessToken``,
+  ``AccessTokenInfo``) is therefore the start of that window, not the JWT's ``exp``: azure-core's bearer
+  policy keeps a token until ``min(refresh_on + up to 60 s of jitter, expires_on)``, so reporting the real
+  expiry let it send a 30 s token in its last second, which storage rejected in flight (401/403, not
+  retried). A caller that comes back at the reported expiry finds the token in its mandatory window and
+  gets a new one first.
 
 The directory is per user, in tmpfs when there is one, mode 0700; files are 0600 and written atomically.
 A directory or file that another user owns, that is group/world-writable, or that is reached through a
@@ -25,6 +32,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +50,7 @@ __all__ = [
     "MANDATORY_WINDOW_S",
     "REFRESH_BEFORE_EXPIRY_S",
     "CachedToken",
+    "FetchFailure",
     "NodeCache",
     "TokenState",
     "TokenStore",
@@ -57,14 +66,16 @@ _log = logging.getLogger("aml_identity.tokens")
 HALF_LIFE_MIN_LIFETIME_S = 2 * 3600
 # Shorter tokens refresh 5 min before expiry (azure-identity's DEFAULT_REFRESH_OFFSET, MSAL's "expired" margin).
 REFRESH_BEFORE_EXPIRY_S = 5 * 60
-# The last 5 min of a token's life: callers block on a refresh and a failure raises. Also the margin
-# azure-core's bearer policy keeps, so a token we hand out is never one the SDK would discard at once.
+# The last 5 min of a token's life: callers block on a refresh and a failure raises. It is also the hand-out
+# margin: no caller gets a token with less life left (the expiry callers see is the window's start), so a
+# request signed with it cannot expire in flight, on a retry or on a slow upload of one block.
 MANDATORY_WINDOW_S = 5 * 60
 # A failed advisory refresh is retried no sooner than this (azure-identity's DEFAULT_TOKEN_REFRESH_RETRY_DELAY):
 # the valid token keeps the job running and the endpoint is not hammered while it is unwell.
 ADVISORY_RETRY_DELAY_S = 30
 # For very short-lived tokens (tests, some emulators) the windows shrink to these fractions of the lifetime,
-# so a 60 s token refreshes after 30 s instead of on every call.
+# so a 60 s token refreshes after 30 s instead of on every call, and a 30 s token is handed out with at least
+# 7 s left (a request spends milliseconds in flight on loopback, seconds at worst on a loaded node).
 SHORT_TOKEN_REFRESH_FRACTION = 0.5
 SHORT_TOKEN_MANDATORY_FRACTION = 0.25
 # How long a process waits for another process's fetch before giving up; longer than the identity endpoint's
@@ -72,6 +83,8 @@ SHORT_TOKEN_MANDATORY_FRACTION = 0.25
 NODE_LOCK_WAIT_MARGIN_S = 30.0
 # Cache file format version; a file with another version is ignored (and overwritten on the next fetch).
 CACHE_FORMAT = 1
+# The suffix of the file recording a node's last failed fetch of a token (see FetchFailure).
+_FAILURE_SUFFIX = ".failed"
 
 
 class TokenState(enum.Enum):
@@ -112,11 +125,14 @@ class CachedToken:
         # azure-core is imported with the first token, not with aml_identity (its package imports the pipeline).
         from aml_identity._access_token import MaskedAccessToken, MaskedAccessTokenInfo  # noqa: PLC0415
 
-        object.__setattr__(self, "access_token", MaskedAccessToken(self.token, self.expires_on))
+        # Callers see the hand-out deadline as the expiry (see the module docstring): an SDK that caches the
+        # token stops using it while it still has its mandatory window left, and asks again.
+        use_by = self.mandatory_on
+        object.__setattr__(self, "access_token", MaskedAccessToken(self.token, use_by))
         object.__setattr__(
             self,
             "info",
-            MaskedAccessTokenInfo(self.token, self.expires_on, token_type=self.token_type, refresh_on=self.refresh_on),
+            MaskedAccessTokenInfo(self.token, use_by, token_type=self.token_type, refresh_on=self.refresh_on),
         )
 
     def state(self, now: float) -> TokenState:
@@ -208,6 +224,97 @@ def new_token(
     )
 
 
+@dataclass(frozen=True)
+class FetchFailure:
+    """A fetch that failed while other callers waited for it; they raise it instead of repeating it.
+
+    A mandatory fetch can spend the identity endpoint's whole retry budget (90 s by default). The threads
+    and processes that waited on the lock meanwhile asked for the same token at the same time: repeating
+    the budget one after another would turn one outage of 90 s into 90 s per waiting process. Each
+    waiter notes the failure record before it waits; if a new one appears while it waits, it raises that
+    failure at once. A caller that arrives after the failure tries again itself.
+
+    Attributes:
+        failure_id: Unique per failure (a record changes exactly when a new fetch fails).
+        kind: The error class name (``TokenRequestError``, ``IdentityNotFoundError``...).
+        message: The error's message (messages never hold a token or secret).
+        identity: The identity asked for.
+        endpoint: The endpoint asked.
+        status_code: The last HTTP status, if any.
+        attempts: How many requests the failed fetch sent.
+        retryable: Whether trying again later may succeed.
+        name: The setting at fault (an :class:`~aml_identity.errors.IdentityNotFoundError`'s ``name``).
+        pid: The process that fetched.
+    """
+
+    failure_id: str
+    kind: str
+    message: str
+    identity: str = ""
+    endpoint: str = ""
+    status_code: int | None = None
+    attempts: int = 1
+    retryable: bool = False
+    name: str | None = None
+    pid: int = 0
+
+    @classmethod
+    def of(cls, exc: AmlIdentityError) -> FetchFailure:
+        """Record ``exc`` (a failed fetch) with a new id."""
+        status = getattr(exc, "status_code", None)
+        name = getattr(exc, "name", None)
+        return cls(
+            failure_id=uuid.uuid4().hex,
+            kind=type(exc).__name__,
+            message=str(getattr(exc, "message", None) or exc),
+            identity=str(getattr(exc, "identity", "") or ""),
+            endpoint=str(getattr(exc, "endpoint", "") or ""),
+            status_code=status if isinstance(status, int) else None,
+            attempts=int(getattr(exc, "attempts", 1) or 1),
+            retryable=bool(getattr(exc, "retryable", False)),
+            name=name if isinstance(name, str) else None,
+            pid=os.getpid(),
+        )
+
+    def to_json(self) -> str:
+        """Serialise for the node cache."""
+        return json.dumps({"format": CACHE_FORMAT, **self.__dict__})
+
+    @classmethod
+    def from_json(cls, text: str) -> FetchFailure | None:
+        """Parse a failure record; None when it is not one this version understands."""
+        try:
+            data = json.loads(text)
+            if data.pop("format") != CACHE_FORMAT:
+                return None
+            return cls(**data)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def error(self) -> AmlIdentityError:
+        """Return the error for a caller that waited on this failed fetch (a new instance per caller)."""
+        from aml_identity import errors  # noqa: PLC0415 - the Azure-based errors load on first use
+
+        who = "this process" if self.pid == os.getpid() else f"process {self.pid} on this node"
+        message = (
+            f"{self.message} (This caller waited while {who} fetched the same token; that fetch failed after "
+            f"{self.attempts} request(s), so it was not repeated.)"
+        )
+        if self.kind == "IdentityNotFoundError":
+            return errors.IdentityNotFoundError(
+                message, identity=self.identity, endpoint=self.endpoint, status_code=self.status_code,
+                attempts=self.attempts, name=self.name,
+            )  # fmt: skip
+        if self.kind == "TokenRequestError":
+            return errors.TokenRequestError(
+                message, identity=self.identity, endpoint=self.endpoint, status_code=self.status_code,
+                attempts=self.attempts, retryable=self.retryable,
+            )  # fmt: skip
+        if self.kind in ("IdentityUnavailableError", "IdentityNotConfiguredError"):
+            return errors.IdentityUnavailableError(message)
+        return AmlIdentityError(message)
+
+
 def default_cache_dir(cache_dir: str | None, xdg_runtime_dir: str | None) -> Path:
     """Return the node cache directory: the override, else tmpfs, else the user's runtime or cache dir.
 
@@ -297,6 +404,33 @@ class NodeCache:
             tmp.unlink(missing_ok=True)
             raise
 
+    def read_failure(self, name: str) -> FetchFailure | None:
+        """Return the last failed fetch recorded for ``name``, or None (a symlink or foreign file is ignored)."""
+        path = self.directory / f"{name}{_FAILURE_SUFFIX}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with os.fdopen(fd, "r", encoding="utf-8") as f:
+            try:
+                check_owned_private(os.fstat(f.fileno()), path, is_dir=False, uid=self.uid)
+            except UnsafeCacheError:
+                return None
+            return FetchFailure.from_json(f.read())
+
+    def write_failure(self, name: str, failure: FetchFailure) -> None:
+        """Record a failed fetch for ``name`` atomically (0600, like the token files)."""
+        path = self.directory / f"{name}{_FAILURE_SUFFIX}"
+        tmp = self.directory / f".{name}.{os.getpid()}.{threading.get_ident()}.failed.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(failure.to_json())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
     def _open_lock(self, name: str) -> int:
         fd = os.open(self.directory / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self._lock_fds.add(fd)
@@ -380,6 +514,7 @@ class TokenStore:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._failed_at: dict[str, float] = {}
+        self._failures: dict[str, FetchFailure] = {}
 
     def after_fork(self) -> None:
         """Drop locks inherited from the parent process; keep the tokens (they are still valid)."""
@@ -398,9 +533,14 @@ class TokenStore:
     def _newest(self, key: str) -> CachedToken | None:
         """The newer of the in-memory and node-cache tokens for ``key``."""
         mem = self.memory.get(key)
-        if self.node is None:
+        node = self.node
+        if node is None:
             return mem
-        disk = self.node.read(key)
+        try:
+            disk = node.read(key)
+        except UnsafeCacheError as exc:
+            self._refuse_node(exc)
+            return mem
         if disk is None:
             return mem
         if mem is None or disk.expires_on > mem.expires_on or disk.refresh_failed_at != mem.refresh_failed_at:
@@ -432,7 +572,11 @@ class TokenStore:
             if state is TokenState.FRESH:
                 return current
             if state is TokenState.ADVISORY:
-                return self._advisory(key, current, fetch)
+                token = self._advisory(key, current, fetch)
+                if token.state(self._clock()) in (TokenState.FRESH, TokenState.ADVISORY):
+                    return token
+                # A failed (or slow) advisory refresh ran into the mandatory window: never hand out a token
+                # with less than the margin left; block on a refresh instead, as the mandatory window does.
         return self._mandatory(key, fetch, stale=seen if force else None)
 
     def _advisory(self, key: str, current: CachedToken, fetch: Fetch) -> CachedToken:
@@ -457,12 +601,13 @@ class TokenStore:
                     self._failed_at[key] = failed_at
                     marked = replace(latest, refresh_failed_at=int(failed_at))
                     self.memory[key] = marked
-                    if self.node is not None:
-                        self.node.write(key, marked)
+                    node = self.node
+                    if node is not None:
+                        node.write(key, marked)
                     _log.warning(
-                        "Proactive token refresh failed; the current token stays valid until %d (in %d s) and the "
+                        "Proactive token refresh failed; the current token is used until %d (in %d s) and the "
                         "refresh is retried in %d s. %s",
-                        latest.expires_on, latest.expires_on - int(failed_at), ADVISORY_RETRY_DELAY_S, exc,
+                        latest.mandatory_on, latest.mandatory_on - int(failed_at), ADVISORY_RETRY_DELAY_S, exc,
                     )  # fmt: skip
                     return latest
                 self._store(key, token)
@@ -471,11 +616,13 @@ class TokenStore:
             lock.release()
 
     def _mandatory(self, key: str, fetch: Fetch, *, stale: CachedToken | None) -> CachedToken:
+        before = self._last_failure(key)  # a new failure while this caller waits is shared, not repeated
         with self._lock_for(key):
             current = self.memory.get(key)
             if self._usable(current, stale):
                 assert current is not None  # noqa: S101 - narrowed by _usable
                 return current
+            self._raise_if_failed_since(key, before, node=False)
             deadline = time.monotonic() + self._lock_timeout
             while True:
                 with self._node_lock(key) as acquired:
@@ -484,11 +631,16 @@ class TokenStore:
                         if self._usable(current, stale):
                             assert current is not None  # noqa: S101
                             return current
-                        token = fetch()
+                        self._raise_if_failed_since(key, before, node=True)
+                        try:
+                            token = fetch()
+                        except AmlIdentityError as exc:
+                            self._record_failure(key, exc)
+                            raise
                         self._store(key, token)
                         return token
-                # Another process is fetching: sleep until it lets go, then read what it wrote. If it failed
-                # or died there is nothing new, and this process tries to fetch itself.
+                # Another process is fetching: sleep until it lets go, then read what it wrote. If it failed, its
+                # error is this caller's too (not repeated); if it died, this process tries to fetch itself.
                 assert self.node is not None  # noqa: S101 - an in-process store always acquires
                 if not self.node.wait_unlocked(key, max(0.0, deadline - time.monotonic())):
                     msg = (
@@ -500,6 +652,36 @@ class TokenStore:
                 if self._usable(current, stale):
                     assert current is not None  # noqa: S101
                     return current
+                self._raise_if_failed_since(key, before, node=True)
+
+    def _last_failure(self, key: str) -> tuple[str | None, str | None]:
+        """The ids of the newest failed fetches of ``key`` recorded in this process and on the node."""
+        local = self._failures.get(key)
+        cache = self.node
+        node = cache.read_failure(key) if cache is not None else None
+        return (local.failure_id if local else None, node.failure_id if node else None)
+
+    def _raise_if_failed_since(self, key: str, before: tuple[str | None, str | None], *, node: bool) -> None:
+        """Raise the failure of a fetch that ended while this caller waited (``before``: the ids it saw)."""
+        if node:
+            cache = self.node
+            failure = cache.read_failure(key) if cache is not None else None
+            seen = before[1]
+        else:
+            failure = self._failures.get(key)
+            seen = before[0]
+        if failure is not None and failure.failure_id != seen:
+            raise failure.error()
+
+    def _record_failure(self, key: str, exc: AmlIdentityError) -> None:
+        failure = FetchFailure.of(exc)
+        self._failures[key] = failure
+        node = self.node
+        if node is not None:
+            try:
+                node.write_failure(key, failure)
+            except OSError as err:  # the waiters then repeat the fetch: slower, still correct
+                _log.debug("cannot record the failed fetch in %s: %s", node.directory, err.strerror)
 
     def _usable(self, token: CachedToken | None, stale: CachedToken | None) -> bool:
         """Whether another thread or process already produced a token good enough for this caller."""
@@ -521,8 +703,21 @@ class TokenStore:
     def _store(self, key: str, token: CachedToken) -> None:
         self._failed_at.pop(key, None)
         self.memory[key] = token
-        if self.node is not None:
-            self.node.write(key, token)
+        node = self.node
+        if node is not None:
+            node.write(key, token)
+
+    def _refuse_node(self, exc: UnsafeCacheError) -> None:
+        """Stop using the node cache after finding an unsafe file in it: keep tokens in this process only."""
+        if self.node is None:
+            return
+        self.node = None
+        _log.warning(
+            "Node-wide token cache disabled: %s; token cache not used. Tokens are cached in this process only, so "
+            "each process asks the identity endpoint itself. Remove the file, or set AML_IDENTITY_CACHE_DIR to a "
+            "private directory.",
+            exc.message,
+        )
 
 
 def cache_key(*parts: str) -> str:

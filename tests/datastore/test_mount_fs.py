@@ -17,6 +17,7 @@ import pytest
 from aml_identity import default_credential
 from aml_identity.datastore import _fuse_tree
 from aml_identity.datastore._fuse_fs import BLOCK_SIZE, BlobFilesystem
+from aml_identity.datastore._fuse_read import FOLDER_AHEAD_FILES
 from aml_identity.datastore._rest import BearerToken, BlobRestClient
 from aml_identity.testing import FakeClock, IdentityEndpoint, StorageAuthProxy
 
@@ -115,6 +116,33 @@ def test_listings_are_trusted_for_attr_timeout_then_asked_again(storage_job, sto
     assert [e[0] for e in fs.readdir("/", 0)[2:]] == ["a.bin", "b.bin"]
     assert fs.getattr("/b.bin")["st_size"] == 1
     fs.close()
+
+
+def test_opening_a_folders_files_in_name_order_fetches_the_next_small_files_ahead(storage_job, store, azurite):
+    files = {f"data/shards/{i:03d}.bin": random.Random(i).randbytes(1000 + i) for i in range(20)}
+    store.seed(files)
+    proxy = StorageAuthProxy(f"https://127.0.0.1:{azurite.port}", authorizer=lambda *_, **__: True, tls=azurite.tls)
+    with proxy:
+        client = BlobRestClient(
+            proxy.blob_endpoint(),
+            BearerToken(default_credential()),
+            ssl_context=ssl.create_default_context(cafile=str(azurite.tls.cert)),
+        )
+        fs = _filesystem(client, store)
+        for name in ("/shards/005.bin", "/shards/000.bin"):  # out of order: nothing is fetched ahead
+            fh = fs.open(name, os.O_RDONLY)
+            assert fs.read(None, 4096, 0, fh) == files["data" + name][:4096]
+            fs.release(None, fh)
+        for name in ("/shards/001.bin", "/shards/002.bin"):  # 000, 001, 002: a walk in name order
+            fh = fs.open(name, os.O_RDONLY)
+            assert fs.read(None, 4096, 0, fh) == files["data" + name][:4096]
+            fs.release(None, fh)
+        fs._reader.close(wait=True)  # let the fetches ahead finish
+        fetched = sorted(r.path.rsplit("/", 1)[1] for r in proxy.requests if r.method == "GET" and r.action == "read")
+        fs.close()
+
+    ahead = [f"{i:03d}.bin" for i in range(3, 3 + FOLDER_AHEAD_FILES)]
+    assert fetched == sorted({"000.bin", "001.bin", "002.bin", "005.bin", *ahead})  # each once (005 was cached)
 
 
 def test_listings_beyond_the_memory_bound_are_dropped_least_recently_used_first(

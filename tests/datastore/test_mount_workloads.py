@@ -152,6 +152,37 @@ def test_after_kill_9_of_the_mount_process_the_mount_point_is_released_and_no_pa
     assert set(store.contents("out/")) == {"done.bin"}  # the half-written file never became a blob
 
 
+def _put_blocks(proxy, name: str) -> list:
+    """The Put Block requests for blob ``name`` that storage accepted."""
+    return [
+        r for r in proxy.requests
+        if r.method == "PUT" and "comp=block&" in r.query + "&" and r.path.endswith("/" + name) and r.status == 201
+    ]  # fmt: skip
+
+
+def test_a_large_file_is_uploaded_in_blocks_while_it_is_written_and_close_only_sends_the_rest(
+    storage_job, store, open_proxy, via
+):
+    content = os.urandom(UPLOAD_BLOCK_BYTES * 2 + 5)
+    with mount(store.uri("out/"), mode="rw", environ=via(open_proxy)) as m, (m.path / "ckpt.bin").open("wb") as f:
+        f.write(content)
+        f.flush()  # in the mount's staging file; the file is still open
+        staged = threading.Event()
+        for _ in range(600):  # Put Block runs in the mount's upload pool, moments after each block is written
+            if len(_put_blocks(open_proxy, "out/ckpt.bin")) == 2:
+                break
+            staged.wait(0.05)
+        before_close = len(_put_blocks(open_proxy, "out/ckpt.bin"))
+        assert not store.client.get_blob_client("out/ckpt.bin").exists()  # staged blocks are invisible
+        f.close()
+        after_close = len(_put_blocks(open_proxy, "out/ckpt.bin"))
+        committed, _ = store.client.get_blob_client("out/ckpt.bin").get_block_list("committed")
+    assert before_close == 2
+    assert after_close == 3
+    assert store.read("out/ckpt.bin") == content
+    assert [b.size for b in committed] == [UPLOAD_BLOCK_BYTES, UPLOAD_BLOCK_BYTES, 5]
+
+
 def _write_repeatedly(fd: int, chunk: bytes, times: int) -> None:
     for _ in range(times):
         os.write(fd, chunk)

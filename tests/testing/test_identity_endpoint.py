@@ -422,6 +422,10 @@ class TestFaultsWithRealClients:
             client.acquire_token_for_client(resource=STORAGE)
         assert [(r.status, r.fault) for r in endpoint.requests] == [(200, "malformed_json")] * 2
 
+    # azure-identity 1.27.0 / msal 1.39.0 log the whole token response, access_token included, at WARNING
+    # ("Token request error: (invalid_scope) {'access_token': ...}") when expires_on is missing: a leak in the
+    # peer clients, which aml-identity avoids by validating the body before msal sees it.
+    @pytest.mark.leaks_on_purpose
     def test_missing_expires_on_and_missing_resource(self, endpoint, uai, platform):
         platform(endpoint.azureml_environ())
         endpoint.inject(Fault.missing_fields("expires_on"))
@@ -589,7 +593,8 @@ def test_azurite_accepts_the_emulators_token(endpoint, uai, platform, azurite):
 
 
 def test_secrets_and_tokens_stay_out_of_reprs_and_logs(endpoint, uai, platform, caplog):
-    caplog.set_level(logging.DEBUG)
+    # Our loggers only: urllib3 logs request URLs at DEBUG, and this test puts the secret in one on purpose.
+    caplog.set_level(logging.DEBUG, logger="aml_identity")
     platform(endpoint.azureml_environ())
     tokens = []
     with ManagedIdentityCredential(client_id=uai.client_id) as credential:

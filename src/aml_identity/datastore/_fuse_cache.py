@@ -177,6 +177,10 @@ class DiskCache:
     def _path(self, key: str) -> str:
         return os.path.join(self.directory, key + _BLOCK_SUFFIX)
 
+    def __contains__(self, key: str) -> bool:
+        """Whether the block is indexed (its file may still be being written)."""
+        return key in self._index
+
     def get(self, key: str, length: int) -> bytearray | None:
         """Return the cached block, or None (a block of the wrong length is dropped)."""
         with self._lock:

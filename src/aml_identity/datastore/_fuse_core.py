@@ -20,7 +20,14 @@ from typing import Literal
 from aml_identity.datastore._errors import convert_storage_error
 from aml_identity.datastore._fuse_cache import RESERVED_FREE_DISK_BYTES, DiskCache, free_bytes
 from aml_identity.datastore._fuse_errors import StorageErrors, os_error
-from aml_identity.datastore._fuse_read import MEMORY_CACHE_BYTES, READ_AHEAD_BLOCKS, BlockReader, Reader
+from aml_identity.datastore._fuse_read import (
+    FOLDER_AHEAD_FILES,
+    MEMORY_CACHE_BYTES,
+    READ_AHEAD_BLOCKS,
+    BlockReader,
+    FolderAhead,
+    Reader,
+)
 from aml_identity.datastore._fuse_tree import ATTR_CACHE_TTL_S, Entry, Namespace, split
 from aml_identity.datastore._fuse_write import Staged, StagingArea, Writer
 from aml_identity.datastore._rest import BlobRestClient, StorageHttpError
@@ -34,9 +41,14 @@ Mode = Literal["ro", "rw"]
 
 @dataclass
 class Folder:
-    """An open folder (``opendir``): ``readdir`` gets no path with ``nullpath_ok``, so the handle keeps it."""
+    """An open folder (``opendir``): ``readdir`` gets no path with ``nullpath_ok``, so the handle keeps it.
+
+    It also keeps the listing its first ``readdir`` returned: a big folder is read in several calls, each
+    resuming at an offset into that one listing.
+    """
 
     path: str
+    listing: list[str | tuple[str, dict[str, int], int]] | None = None
 
 
 Handle = Reader | Writer | Folder
@@ -107,6 +119,7 @@ class MountCore:
             client, container=container, memory_cache_bytes=memory_cache_bytes, disk=disk,
             read_ahead_blocks=read_ahead_blocks,
         )  # fmt: skip
+        self._ahead = FolderAhead(read_ahead_blocks and FOLDER_AHEAD_FILES)
         self._staging = StagingArea(
             client, container=container, errors=self._errors, staging_dir=staging_dir, reserve_bytes=reserve_bytes,
             free_space=free_space,
@@ -217,6 +230,19 @@ class MountCore:
         except StorageHttpError as exc:
             raise self._errors.fail(exc, "read", path) from None
         return found.etag, found.size
+
+    def _fetch_ahead(self, path: str) -> None:
+        """Opening files of a folder one after another in name order: start fetching the next small ones."""
+        folder, name = split(path)
+        try:
+            entries = self._tree.list_dir(folder)  # the listing the open's lookup just used (cached)
+        except StorageHttpError:
+            return
+        base = "" if folder == "/" else folder
+        for ahead in self._ahead.next_files(folder, name, entries):
+            entry = entries[ahead]
+            if entry.etag is not None and self._staging.get(f"{base}/{ahead}") is None:
+                self._reader.fetch_ahead(self._tree.blob(f"{base}/{ahead}"), entry.etag, entry.size)
 
     def _fill_fd(self, fd: int, path: str, entry: Entry) -> int:
         """Write the blob at ``path`` (as listed in ``entry``) into ``fd``; return its size."""

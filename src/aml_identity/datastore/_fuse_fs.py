@@ -23,11 +23,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 from typing import Any
 
 from aml_identity.datastore._fuse_core import Folder, Mode
 from aml_identity.datastore._fuse_errors import os_error
+from aml_identity.datastore._fuse_kernel import KERNEL_READ_AHEAD_BYTES
 from aml_identity.datastore._fuse_ops_rw import WriteOperations
 from aml_identity.datastore._fuse_read import (
     BLOCK_SIZE,
@@ -64,7 +64,13 @@ class BlobFilesystem(WriteOperations):
     use_ns = True  # mfusepy: times are integer nanoseconds
 
     def init_with_config(self, conn_info: Any, config: Any) -> None:
-        """Set the kernel's caching to match ours, then report the mount as ready (mfusepy ``init``)."""
+        """Set the kernel's caching to match ours, then report the mount as ready (mfusepy ``init``).
+
+        The kernel's read-ahead is the smaller of its device's ``read_ahead_kb`` and the ``max_readahead`` given
+        here, so this asks for :data:`._fuse_kernel.KERNEL_READ_AHEAD_BYTES` and ``on_ready`` raises the other.
+        """
+        if conn_info is not None and hasattr(conn_info, "max_readahead"):
+            conn_info.max_readahead = max(conn_info.max_readahead, KERNEL_READ_AHEAD_BYTES)
         if config is not None:
             config.attr_timeout = self.attr_timeout
             config.entry_timeout = self.attr_timeout
@@ -110,6 +116,8 @@ class BlobFilesystem(WriteOperations):
         """List a folder: its blobs and sub-prefixes, plus files and folders made through this mount."""
         handle = self._handles.get(fh)
         if isinstance(handle, Folder):
+            if handle.listing is not None:  # a later call for the same open folder: resume in the same listing
+                return handle.listing
             path = handle.path
         if path is None:
             raise os_error(errno.EBADF)
@@ -117,8 +125,9 @@ class BlobFilesystem(WriteOperations):
         entries.update(self._local_children(path))
         result: list[str | tuple[str, dict[str, int], int]] = [".", ".."]
         for name, entry in sorted(entries.items()):
-            kind = stat.S_IFDIR if entry.is_dir else stat.S_IFLNK if entry.is_link else stat.S_IFREG
-            result.append((name, {"st_mode": kind}, 0))
+            result.append((name, self._attrs(entry), 0))  # all of them: the kernel caches them (readdirplus)
+        if isinstance(handle, Folder):
+            handle.listing = result
         return result
 
     def statfs(self, path: str | None) -> dict[str, int]:
@@ -166,7 +175,9 @@ class BlobFilesystem(WriteOperations):
         if entry.is_dir:
             raise os_error(errno.EISDIR)
         etag, size = (entry.etag, entry.size) if entry.etag is not None else self._properties(path)
-        return self._new_fh(Reader(path, self._tree.blob(path), size, etag, entry.mtime))
+        fh = self._new_fh(Reader(path, self._tree.blob(path), size, etag, entry.mtime))
+        self._fetch_ahead(path)
+        return fh
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         """Read from the block cache (fetching, and fetching ahead for a sequential reader)."""

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aml_identity._environment import JobEnvironment, check_outbound_url
 from aml_identity.datastore._fuse_cache import DEFAULT_DISK_CACHE_FRACTION, RESERVED_FREE_DISK_BYTES, free_bytes
 from aml_identity.datastore._fuse_fs import ATTR_CACHE_TTL_S, BlobFilesystem, Mode
+from aml_identity.datastore._fuse_kernel import raise_read_ahead
 from aml_identity.datastore._rest import BearerToken, BlobRestClient
 from aml_identity.errors import ConfigurationError, DatastoreError
 
@@ -42,6 +43,9 @@ _log = logging.getLogger("aml_identity.mount")
 READY_PREFIX = "mounted "
 # fusermount3 is fuse3's setuid helper (unprivileged mount and unmount); Debian also links it as fusermount.
 _FUSERMOUNT_NAMES = ("fusermount3", "fusermount")
+# libfuse 3's readdir flag (the kernel asks for attributes too) and filler flag (they are given).
+_FUSE_READDIR_PLUS = 1
+_FUSE_FILL_DIR_PLUS = 2
 # Seconds fusermount may take (it only talks to the kernel; a hang means something is badly wrong).
 _FUSERMOUNT_TIMEOUT_S = 30.0
 
@@ -210,6 +214,27 @@ def _fuse_class(mfusepy: Any) -> Any:
                     ctypes.memmove(buf, bytes(data), count)
             return count
 
+        def readdir_fuse_3(  # noqa: PLR0917 - libfuse's signature
+            self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+        ) -> int:
+            # readdirplus: each entry goes to the kernel with its attributes, so ``ls -l``, ``find`` and the opens
+            # after a ``cat dir/*`` glob cost no lookup round trip per file. libfuse forwards the attributes only
+            # for entries given with a non-zero offset (mfusepy gives 0), so every entry carries its position + 1
+            # (plain readdir calls too, so the kernel sees one numbering) and a listing that fills the kernel's
+            # buffer resumes at the offset the kernel asks for next (the open folder keeps its listing).
+            name = None if path is None else path.decode(self.encoding, self.errors)
+            items = self.operations.readdir(name, fip.contents.fh)
+            for position in range(offset, len(items)):
+                item, st, plus = items[position], None, 0
+                if not isinstance(item, str):
+                    item, attrs, _ = item
+                    st = mfusepy.c_stat()
+                    mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                    plus = _FUSE_FILL_DIR_PLUS if flags & _FUSE_READDIR_PLUS else 0
+                if filler(buf, item.encode(self.encoding, self.errors), st, position + 1, plus):
+                    break
+            return 0
+
         def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
             fh = fip.contents.fh if fip else None
             name = None if path is None else path.decode(self.encoding, self.errors)
@@ -269,6 +294,7 @@ def serve(options: MountOptions) -> int:  # noqa: C901, PLR0915 - the mount's wh
     uri = str(location.uri)
 
     def ready() -> None:
+        raise_read_ahead(mount_point)  # called during the kernel's init, before its reply fixes the read-ahead
         sys.stdout.write(f"{READY_PREFIX}{uri} at {mount_point} ({options.mode})\n")
         sys.stdout.flush()
         _log.info("mounted %s at %s (%s)", uri, mount_point, options.mode)

@@ -129,6 +129,13 @@ class _Answer:
         return cast("Mapping[str, str]", self._headers)
 
 
+# How a kept-alive connection that the server has closed (idle timeout, restart) fails when it is used again:
+# a request written over TLS to a closed peer fails with SSLEOFError, over plain TCP with a reset or broken pipe,
+# and a response never comes (RemoteDisconnected). After a server restart every idle connection of the pool
+# fails so; each is dropped and the request resent at once, without spending an attempt on each.
+_CLOSED_BY_SERVER = (http.client.RemoteDisconnected, ConnectionError, ssl.SSLEOFError)
+
+
 def _is_transient(exc: Exception) -> bool:
     """Whether a transport error is worth another attempt (dropped connections, timeouts, TLS errors)."""
     return isinstance(exc, (OSError, http.client.HTTPException))
@@ -311,8 +318,8 @@ class BlobRestClient:
                 response = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                if reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionError, BrokenPipeError)):
-                    continue  # the server closed an idle keep-alive connection: resend at once on a new one
+                if reused and isinstance(exc, _CLOSED_BY_SERVER):
+                    continue  # the server closed an idle keep-alive connection: resend at once on another one
                 raise
             break
         if self._on_request is not None:

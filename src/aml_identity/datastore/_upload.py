@@ -4,6 +4,8 @@
 * A larger file is staged as :data:`BLOCK_SIZE` blocks in parallel (larger blocks over 390 GiB; uncommitted
   blocks are invisible) and committed with one Put Block List once every block is staged - and only if the
   file did not change meanwhile - so an interrupted upload never leaves a half-written blob.
+  If the service no longer has the staged blocks at commit (``InvalidBlockList``: a storage server that
+  restarted and lost them, or another writer that replaced the blob), they are staged once more.
 * Each blob records the local file's mtime in its metadata (``aml_mtime_ns``); a file whose size and mtime
   match the blob's is skipped on the next run.
 * ``overwrite=False`` refuses to replace a different existing blob (conditional ``If-None-Match: *``,
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -25,12 +28,16 @@ from aml_identity.datastore._rest import BlobItem, BlobRestClient, StorageHttpEr
 from aml_identity.datastore.resolve import BlobLocation
 from aml_identity.errors import ConfigurationError, TransferError
 
+_log = logging.getLogger(__name__)
+
 __all__ = ["BLOCK_SIZE", "MAX_BLOCKS", "MTIME_METADATA", "SINGLE_PUT_MAX", "run_upload"]
 
 # Files up to this size are sent in one Put Blob (one request, atomic); the service allows up to 5000 MiB.
 SINGLE_PUT_MAX = 8 * 1024 * 1024
 # Block size of larger files: few requests per GiB, and a file of a few blocks is already sent in parallel.
 BLOCK_SIZE = 8 * 1024 * 1024
+# The service's answer to Put Block List naming a block it does not have (staged blocks lost or discarded).
+INVALID_BLOCK_LIST = "InvalidBlockList"
 # A blob holds at most 50,000 committed blocks; files over BLOCK_SIZE x 50,000 (390 GiB) get bigger blocks.
 MAX_BLOCKS = 50_000
 # Blob metadata holding the uploaded file's mtime (metadata names must be C# identifiers).
@@ -167,6 +174,54 @@ class _Upload(Transfer):
         self.counters.add(transferred_files=1, bytes_transferred=size)
         self.progress.advance(size)
 
+    def _send_block(self, path: str, name: str, index: int, block_size: int, size: int) -> None:
+        offset = index * block_size
+        length = min(block_size, size - offset)
+        fd = self._open(path)
+        try:
+            self.client.put_block(
+                self.loc.container, name, _block_id(index), self._body(fd, offset, length, path), length=length
+            )
+        except StorageHttpError as exc:
+            raise self._storage_error(exc, "write") from None
+        finally:
+            os.close(fd)
+        self.counters.add(bytes_transferred=length)
+        self.progress.advance(length)
+
+    def _commit(self, path: str, name: str, size: int, mtime_ns: int, block_size: int) -> None:
+        fd = self._open(path)
+        try:
+            if not self._still_same(fd, size, mtime_ns):
+                with self._lock:
+                    self.changed.append(path)
+                return  # staged blocks are discarded by the service; the blob is untouched
+        finally:
+            os.close(fd)
+        count = -(-size // block_size)
+        blocks = [_block_id(i) for i in range(count)]
+        metadata = {MTIME_METADATA: str(mtime_ns)}
+        try:
+            try:
+                self.client.put_block_list(self.loc.container, name, blocks, metadata=metadata,
+                                           overwrite=self.overwrite)  # fmt: skip
+            except StorageHttpError as exc:
+                if not (exc.status == 400 and exc.code == INVALID_BLOCK_LIST):  # noqa: PLR2004 - HTTP status
+                    raise
+                # The service lost blocks it had acknowledged (a storage server restarted, or another writer
+                # replaced the blob meanwhile): stage them all again, in this thread, and commit once more.
+                _log.warning("%s: storage no longer has its staged blocks (%s); sending them again", name, exc.code)
+                self.progress.add_total(size)
+                for index in range(count):
+                    self.engine.check()
+                    self._send_block(path, name, index, block_size, size)
+                self.client.put_block_list(self.loc.container, name, blocks, metadata=metadata,
+                                           overwrite=self.overwrite)  # fmt: skip
+        except StorageHttpError as exc:
+            self._refused(exc, name)
+            return
+        self.counters.add(transferred_files=1)
+
     def _start_blocks(self, path: str, name: str, size: int, mtime_ns: int) -> None:
         block_size = max(BLOCK_SIZE, -(-size // MAX_BLOCKS))
         count = -(-size // block_size)
@@ -175,43 +230,12 @@ class _Upload(Transfer):
 
         def stage(index: int) -> None:
             self.engine.check()
-            offset = index * block_size
-            length = min(block_size, size - offset)
-            fd = self._open(path)
-            try:
-                self.client.put_block(
-                    self.loc.container, name, _block_id(index), self._body(fd, offset, length, path), length=length
-                )
-            except StorageHttpError as exc:
-                raise self._storage_error(exc, "write") from None
-            finally:
-                os.close(fd)
-            self.counters.add(bytes_transferred=length)
-            self.progress.advance(length)
+            self._send_block(path, name, index, block_size, size)
             with lock:
                 state["remaining"] -= 1
                 last = state["remaining"] == 0
             if last:
-                commit()
-
-        def commit() -> None:
-            fd = self._open(path)
-            try:
-                if not self._still_same(fd, size, mtime_ns):
-                    with self._lock:
-                        self.changed.append(path)
-                    return  # staged blocks are discarded by the service; the blob is untouched
-            finally:
-                os.close(fd)
-            try:
-                self.client.put_block_list(
-                    self.loc.container, name, [_block_id(i) for i in range(count)],
-                    metadata={MTIME_METADATA: str(mtime_ns)}, overwrite=self.overwrite,
-                )  # fmt: skip
-            except StorageHttpError as exc:
-                self._refused(exc, name)
-                return
-            self.counters.add(transferred_files=1)
+                self._commit(path, name, size, mtime_ns, block_size)
 
         for index in range(count):
             self.engine.submit(lambda index=index: stage(index))  # type: ignore[misc]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from aml_identity.testing.azurite import Azurite, AzuriteNotFoundError
     from aml_identity.testing.identity_endpoint import Fault, IdentityEndpoint, RecordedTokenRequest
     from aml_identity.testing.sandbox import DatastoreSeed, Sandbox
-    from aml_identity.testing.storage_proxy import StorageAuthProxy
+    from aml_identity.testing.storage_proxy import StorageAuthProxy, StorageFault
 
 __all__ = [
     "ArmEmulator",
@@ -37,6 +37,7 @@ __all__ = [
     "RecordedTokenRequest",
     "Sandbox",
     "StorageAuthProxy",
+    "StorageFault",
     "TlsMaterial",
     "make_tls_material",
     "mint_token",
@@ -58,6 +59,7 @@ __getattr__, __dir__ = exports(
         "RecordedTokenRequest": _ENDPOINT,
         "Sandbox": "aml_identity.testing.sandbox",
         "StorageAuthProxy": "aml_identity.testing.storage_proxy",
+        "StorageFault": "aml_identity.testing.storage_proxy",
         "TlsMaterial": _TLS,
         "make_tls_material": _TLS,
         "mint_token": "aml_identity.testing._jwt",

@@ -7,6 +7,7 @@ out; what each fault sends is decided here.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from collections import deque
@@ -22,11 +23,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Fault", "FaultKind", "FaultScript"]
 
-FaultKind = Literal["status", "text", "malformed_json", "missing_fields", "hang", "reset"]
+FaultKind = Literal[
+    "status", "text", "malformed_json", "missing_fields", "hang", "reset", "truncated", "oversized", "date_expiry"
+]
 
 # The body of Fault.malformed_json(): JSON cut off mid-object (no token-like text in it).
 _MALFORMED_JSON = b'{"token_type": "Bearer", "expires_in": '
 _HTTP_STATUS_RANGE = range(100, 600)
+# Fault.oversized()'s default size: twice the 1 MiB a client should ever read from a token endpoint.
+OVERSIZED_DEFAULT_BYTES = 2 * 1024 * 1024
+# App Service 2017's expires_on date format on Linux (mi-protocol.md §1.2), what Fault.expires_on_as_date sends.
+_DATE_EXPIRES_ON_FORMAT = "%m/%d/%Y %H:%M:%S +00:00"
 # The faults that replace the answer with a canned response.
 _CANNED = frozenset({"status", "text", "malformed_json"})
 
@@ -63,6 +70,7 @@ class Fault:
         retry_after: Its ``Retry-After`` header value, if any.
         fields: The keys ``missing_fields`` removes.
         seconds: How long ``hang`` holds the request (None: until :meth:`IdentityEndpoint.release_hangs`).
+        size: The body size an ``oversized`` answer is padded to, in bytes.
     """
 
     kind: FaultKind
@@ -72,6 +80,7 @@ class Fault:
     retry_after: str | None = None
     fields: tuple[str, ...] = ()
     seconds: float | None = None
+    size: int = 0
 
     @classmethod
     def status(
@@ -195,6 +204,47 @@ class Fault:
         """
         return cls(kind="reset")
 
+    @classmethod
+    def truncated(cls) -> Fault:
+        """Answer a normal token response whose connection closes halfway through the body.
+
+        The ``Content-Length`` header announces the whole body; the client sees the connection end early
+        (as when the endpoint restarts mid-answer).
+
+        Returns:
+            The fault.
+        """
+        return cls(kind="truncated")
+
+    @classmethod
+    def oversized(cls, size: int = OVERSIZED_DEFAULT_BYTES) -> Fault:
+        """Answer a normal token response padded (an extra ``padding`` field) to at least ``size`` bytes.
+
+        Args:
+            size: The body size in bytes (2 MiB by default).
+
+        Returns:
+            The fault.
+
+        Raises:
+            ConfigurationError: ``size`` is not a positive integer.
+        """
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ConfigurationError(f"oversized(size={size!r}) must be a positive number of bytes.", name="size")
+        return cls(kind="oversized", size=size)
+
+    @classmethod
+    def expires_on_as_date(cls) -> Fault:
+        """Answer a normal token response whose ``expires_on`` is a date string and that has no ``expires_in``.
+
+        The string is App Service 2017's format (``"06/20/2019 02:57:58 +00:00"``), which Azure ML's async
+        clients also accept.
+
+        Returns:
+            The fault.
+        """
+        return cls(kind="date_expiry")
+
     def reply(self) -> Reply:
         """Return the canned response of a ``status``/``text``/``malformed_json`` fault."""
         if self.code is None or self.content_type is None:
@@ -212,8 +262,19 @@ class Fault:
         """Return what the endpoint sends instead of ``reply`` (the canned response, or fields removed)."""
         if self.canned:
             return self.reply()
-        if self.kind == "missing_fields" and reply.payload is not None:  # on a token response only
+        if reply.payload is None:  # the rest change token responses only
+            return reply
+        payload: dict[str, Any] | None = None
+        if self.kind == "missing_fields":
             payload = {k: v for k, v in reply.payload.items() if k not in self.fields}
+        elif self.kind == "date_expiry":
+            payload = {k: v for k, v in reply.payload.items() if k != "expires_in"}
+            when = dt.datetime.fromtimestamp(int(payload["expires_on"]), tz=dt.timezone.utc)
+            payload["expires_on"] = when.strftime(_DATE_EXPIRES_ON_FORMAT)
+        elif self.kind == "oversized":
+            payload = dict(reply.payload)
+            payload["padding"] = "x" * max(0, self.size - len(json.dumps(payload)))
+        if payload is not None:
             return replace(
                 json_reply(reply.status, payload, content_type=reply.content_type),
                 identity=reply.identity,
@@ -230,6 +291,7 @@ class FaultScript:
         self._lock = threading.Lock()
         self._queue: deque[Fault] = deque()
         self._always: Fault | None = None
+        self._until: float | None = None
 
     def inject(self, *faults: Fault) -> None:
         """Queue faults: each following request consumes the next one.
@@ -243,8 +305,13 @@ class FaultScript:
         with self._lock:
             self._queue.extend(faults)
 
-    def fail_always(self, fault: Fault | None) -> None:
-        """Apply ``fault`` to every request (ahead of the queue) until called with None.
+    def fail_always(self, fault: Fault | None, *, until: float | None = None) -> None:
+        """Apply ``fault`` to every request (ahead of the queue) until called with None, or until ``until``.
+
+        Args:
+            fault: The fault, or None to stop.
+            until: When set, the fault applies only to requests that arrive before this time (by the clock
+                passed to :meth:`take`), for example "410 for 75 s".
 
         Raises:
             ConfigurationError: ``fault`` is neither a :class:`Fault` nor None.
@@ -253,10 +320,11 @@ class FaultScript:
             raise ConfigurationError(f"{fault!r} is not a Fault or None.")
         with self._lock:
             self._always = fault
+            self._until = until
 
-    def take(self) -> Fault | None:
-        """Return the fault for the request being answered, if any."""
+    def take(self, now: float | None = None) -> Fault | None:
+        """Return the fault for the request being answered at ``now``, if any."""
         with self._lock:
-            if self._always is not None:
+            if self._always is not None and (self._until is None or now is None or now < self._until):
                 return self._always
             return self._queue.popleft() if self._queue else None

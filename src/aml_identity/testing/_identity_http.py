@@ -65,6 +65,19 @@ class TokenHandler(LoopbackHandler):
         except OSError:
             self.close_connection = True
 
+    def send_truncated(self, reply: Reply) -> None:
+        """Announce ``reply``'s full length, send half of its body, then close the connection."""
+        self.close_connection = True
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self.wfile.flush()
+        except OSError:
+            return
+
     def reset_connection(self) -> None:
         """Abort the connection with a TCP RST: ``SO_LINGER`` on with 0 s, then close without a shutdown."""
         self.close_connection = True

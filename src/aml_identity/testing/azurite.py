@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -171,7 +172,7 @@ class Azurite:
             args += ["--location", str(data)]
         env = dict(os.environ)
         env["AZURITE_ACCOUNTS"] = ";".join(f"{name}:{key}" for name, key in self.accounts.items())
-        log = self.log_path.open("wb")
+        log = self.log_path.open("ab")  # appended: a restart keeps the earlier run's log
         self._process = subprocess.Popen(  # noqa: S603 - fixed argument list, our own executable
             args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir, start_new_session=True
         )
@@ -193,6 +194,46 @@ class Azurite:
         self.stop()
         msg = f"Azurite {what}. Its log ends with:\n{log}"
         raise AmlIdentityError(msg)
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Kill Azurite with ``sig`` and keep its data folder, so that :meth:`start` brings the same blobs back.
+
+        ``SIGKILL`` (the default) is a crash; ``SIGTERM`` a graceful stop. Blobs live on disk unless
+        ``in_memory``; Azurite writes its blob index to disk every few seconds and on a graceful stop, so a
+        crash can lose what was written in its last seconds, like any storage server that dies before it
+        acknowledges a write (and a client's retry writes it again).
+
+        Args:
+            sig: The signal.
+        """
+        process = self._process
+        if process is None or process.poll() is not None:
+            self._process = None
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        self._process = None
+
+    def restart(self, *, crash: bool = False) -> Azurite:
+        """Stop Azurite (``SIGKILL`` when ``crash``, else ``SIGTERM``) and start it again, same port, same data.
+
+        Args:
+            crash: Kill it without letting it save (see :meth:`kill`).
+
+        Returns:
+            ``self``.
+        """
+        self.kill(signal.SIGKILL if crash else signal.SIGTERM)
+        return self.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the Azurite process is alive."""
+        return self._process is not None and self._process.poll() is None
 
     def stop(self) -> None:
         """Stop Azurite and delete its data (when the work folder was created here)."""

@@ -59,6 +59,7 @@ from aml_identity.testing._mi_protocols import (
     text_reply,
     throttled_reply,
 )
+from aml_identity.testing._secrets import register_secret
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -187,6 +188,7 @@ class IdentityEndpoint(BackgroundServer):
         if secret is not None and not secret:
             raise ConfigurationError("secret is empty; pass a non-empty string or None for a random one.")
         self._secret = secret or secrets.token_urlsafe(24)
+        register_secret(self._secret)  # the test suite fails a test that shows it (testing._secrets)
         if not aml_path.startswith("/") or protocol_for_path(aml_path, "/\0") is not None:
             raise ConfigurationError(
                 f"aml_path={aml_path!r} must be a path starting with '/' other than {IMDS_TOKEN_PATH} and "
@@ -400,9 +402,15 @@ class IdentityEndpoint(BackgroundServer):
         """
         self._faults.inject(*faults)
 
-    def fail_always(self, fault: Fault | None) -> None:
-        """Answer every token request with ``fault`` (ahead of the :meth:`inject` queue) until called with None."""
-        self._faults.fail_always(fault)
+    def fail_always(self, fault: Fault | None, *, until: float | None = None) -> None:
+        """Answer every token request with ``fault`` (ahead of the :meth:`inject` queue) until called with None.
+
+        Args:
+            fault: The fault, or None to stop.
+            until: When set, only requests arriving before this time by the endpoint's :attr:`clock` get the
+                fault (``fail_always(Fault.status(410), until=clock() + 75)``: "410 for 75 s").
+        """
+        self._faults.fail_always(fault, until=until)
 
     def release_hangs(self) -> None:
         """Let every request held by a ``hang`` fault go on (it is then answered normally)."""
@@ -528,7 +536,7 @@ class IdentityEndpoint(BackgroundServer):
         headers: Mapping[str, str],
         record: RecordedTokenRequest,
     ) -> None:
-        fault = self._faults.take()
+        fault = self._faults.take(record.at)
         if fault is not None and fault.kind == "reset":
             self._record(replace(record, fault="reset"))
             _LOGGER.debug("identity endpoint: %s request reset (injected fault)", protocol)
@@ -553,7 +561,13 @@ class IdentityEndpoint(BackgroundServer):
             reply = self._answer(protocol, handler.command, params, headers)
             if fault is not None:
                 reply = fault.apply(reply)
-        self._finish(handler, replace(_answered(record, reply), fault=fault.kind if fault else None), reply)
+        recorded = replace(_answered(record, reply), fault=fault.kind if fault else None)
+        if fault is not None and fault.kind == "truncated":
+            self._record(recorded)
+            _LOGGER.debug("identity endpoint: %s answer cut short (injected fault)", protocol)
+            handler.send_truncated(reply)
+            return
+        self._finish(handler, recorded, reply)
 
     def _finish(
         self,

@@ -21,15 +21,26 @@ against its own, answering 403 ``AuthenticationFailed`` "Lifetime validation fai
 Then tokens can expire mid-transfer in a test that moves time instead of waiting. Since Azurite checks
 lifetimes against the real clock, the proxy forwards such requests with a token re-minted for the same
 identity on the real clock.
+
+**Faults**: :meth:`StorageAuthProxy.inject` queues :class:`StorageFault` s, each acted out on one later request
+(of a given kind, when it names one): an error status as storage sends it (``503 ServerBusy`` by default,
+optionally with ``Retry-After``), a TCP reset before any answer, or a response cut off half-way through its
+body. The requests that met a fault are recorded with it (:attr:`ProxiedRequest.fault`, and counted by kind in
+:attr:`StorageAuthProxy.faults_acted`), so a test can check that a client really met, and rode out, each one::
+
+    proxy.inject(StorageFault.status(503), StorageFault.reset(), StorageFault.cut(action="read"))
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
 import ssl
+import struct
+import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -42,7 +53,16 @@ from aml_identity.testing._http import BackgroundServer, LoopbackHandler, Loopba
 from aml_identity.testing._jwt import DEFAULT_TENANT_ID, mint_token
 from aml_identity.testing._tls import TlsMaterial
 
-__all__ = ["DATA_ACTIONS", "Action", "Authorizer", "ProxiedRequest", "StorageAuthProxy", "classify"]
+__all__ = [
+    "DATA_ACTIONS",
+    "Action",
+    "Authorizer",
+    "ProxiedRequest",
+    "StorageAuthProxy",
+    "StorageFault",
+    "StorageFaultKind",
+    "classify",
+]
 
 Action = Literal["read", "write", "delete", "list"]
 
@@ -77,6 +97,11 @@ _REMINT_LIFETIME_S = 3600
 _CHUNK = 256 * 1024
 # Upstream socket timeout; Azurite answers in milliseconds, so this only bounds a hung test.
 _UPSTREAM_TIMEOUT_S = 60.0
+# What storage says when it sheds load (code and message as Azure sends them for 503 and 500).
+_FAULT_ERRORS: dict[int, tuple[str, str]] = {
+    503: ("ServerBusy", "The server is busy."),
+    500: ("InternalError", "The server encountered an internal error. Please retry the request."),
+}
 # Hop-by-hop headers, never forwarded (RFC 9110 section 7.6.1).
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
@@ -109,6 +134,45 @@ def classify(method: str, path: str, query: str) -> tuple[str, str | None, Actio
     return account, container, "write"
 
 
+StorageFaultKind = Literal["status", "reset", "cut"]
+
+
+@dataclass(frozen=True)
+class StorageFault:
+    """One scripted misbehaviour of storage, acted out by the proxy on one request (:meth:`StorageAuthProxy.inject`).
+
+    Build faults with the class methods.
+
+    Attributes:
+        kind: ``status`` answers an error instead of forwarding; ``reset`` aborts the TCP connection before
+            answering; ``cut`` forwards, relays the headers and half the body, then aborts the connection.
+        code: The status of a ``status`` fault.
+        retry_after: Its ``Retry-After`` header (seconds), if any.
+        action: Only a request of this kind (``read``, ``list``, ``write``, ``delete``) takes the fault; any
+            request when None.
+    """
+
+    kind: StorageFaultKind
+    code: int = 503
+    retry_after: int | None = None
+    action: Action | None = None
+
+    @classmethod
+    def status(cls, code: int = 503, *, retry_after: int | None = None, action: Action | None = None) -> StorageFault:
+        """Answer ``code`` (503 ``ServerBusy`` by default, as storage does when it sheds load)."""
+        return cls("status", code=code, retry_after=retry_after, action=action)
+
+    @classmethod
+    def reset(cls, *, action: Action | None = None) -> StorageFault:
+        """Abort the connection with a TCP RST before answering (the request never reaches Azurite)."""
+        return cls("reset", action=action)
+
+    @classmethod
+    def cut(cls, *, action: Action | None = "read") -> StorageFault:
+        """Forward the request, relay the headers and half the body, then abort the connection."""
+        return cls("cut", action=action)
+
+
 @dataclass(frozen=True)
 class ProxiedRequest:
     """One request seen by the proxy.
@@ -122,6 +186,7 @@ class ProxiedRequest:
         action: What it does to blobs (``read``, ``list``, ``write``, ``delete``).
         status: The status returned to the client.
         token_id: The token's ``uti`` claim (which token was used), if any.
+        fault: The injected fault acted out on it, if any.
     """
 
     method: str
@@ -132,6 +197,7 @@ class ProxiedRequest:
     action: Action
     status: int
     token_id: str | None = None
+    fault: StorageFaultKind | None = None
 
 
 def _claims(authorization: str | None) -> dict[str, Any] | None:
@@ -195,6 +261,10 @@ class _Handler(LoopbackHandler):
         token_id = None if claims is None else str(claims.get("uti") or "")
         rng = self.headers.get("x-ms-range") or self.headers.get("Range")
         chunked_body = self._read_body()
+        fault = proxy.take_fault(action)
+        if fault is not None and fault.kind != "cut":
+            self._act_out(fault, ProxiedRequest(self.command, path, url.query, rng, principal, action, 0, token_id))
+            return
         refusal: tuple[str, str] | None = None
         if claims and proxy.clock is not None and not claims.get("nbf", 0) <= proxy.clock() < claims.get("exp", 0):
             refusal = ("AuthenticationFailed", "Lifetime validation failed. The token is expired.")
@@ -212,8 +282,78 @@ class _Handler(LoopbackHandler):
         if claims and proxy.clock is not None:
             self.headers.replace_header("Authorization", "Bearer " + _remint(claims))
         response = self._forward(chunked_body)
-        proxy.record(ProxiedRequest(self.command, path, url.query, rng, principal, action, response.status, token_id))
+        cut = fault is not None and response.status < 300 and self.command != "HEAD"  # noqa: PLR2004 - success
+        proxy.record(
+            ProxiedRequest(self.command, path, url.query, rng, principal, action, response.status, token_id,
+                           fault="cut" if cut else None)
+        )  # fmt: skip
+        if cut:
+            self._relay_half_and_abort(response)
+            return
+        if fault is not None:  # nothing to cut (an error or no body): the fault waits for the next request
+            proxy.put_back(fault)
         self._relay(response)
+
+    def _drain(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        while length > 0:
+            data = self.rfile.read(min(_CHUNK, length))
+            if not data:
+                return
+            length -= len(data)
+
+    def _act_out(self, fault: StorageFault, seen: ProxiedRequest) -> None:
+        """Answer an error status, or reset the connection, instead of forwarding."""
+        proxy = self.server.proxy
+        if fault.kind == "reset":
+            proxy.record(ProxiedRequest(**{**seen.__dict__, "status": 0, "fault": "reset"}))
+            self._abort()
+            return
+        self._drain()
+        proxy.record(ProxiedRequest(**{**seen.__dict__, "status": fault.code, "fault": "status"}))
+        code, message = _FAULT_ERRORS.get(fault.code, ("InternalError", "Injected fault."))
+        request_id = str(uuid.uuid4())
+        body = (
+            f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{message}\n'
+            f"RequestId:{request_id}\nTime:{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.0000000Z</Message>"
+            "</Error>"
+        ).encode()
+        self.send_response_only(fault.code, message)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("x-ms-request-id", request_id)
+        self.send_header("x-ms-error-code", code)
+        if fault.retry_after is not None:
+            self.send_header("Retry-After", str(fault.retry_after))
+        self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _relay_half_and_abort(self, response: http.client.HTTPResponse) -> None:
+        """Relay the headers and half the body (at most), then reset the connection."""
+        self.send_response_only(response.status, response.reason)
+        for key, value in response.getheaders():
+            if key.lower() not in _HOP_BY_HOP:
+                self.send_header(key, value)
+        self.end_headers()
+        half = int(response.getheader("Content-Length") or 0) // 2
+        while half > 0 and (chunk := response.read(min(_CHUNK, half))):
+            self.wfile.write(chunk)
+            half -= len(chunk)
+        self.wfile.flush()
+        response.close()
+        if self._upstream is not None:  # the rest of the body is still on that connection: drop it
+            self._upstream.close()
+            self._upstream = None
+        self._abort()
+
+    def _abort(self) -> None:
+        """Abort the connection with a TCP RST: ``SO_LINGER`` on with 0 s, then close without a shutdown."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()  # drop the makefile references so close() below really closes the descriptor
+        self.wfile.close()
+        self.connection.close()
 
     def _deny(self, code: str, auth_detail: str) -> None:
         request_id = str(uuid.uuid4())
@@ -345,6 +485,8 @@ class StorageAuthProxy(BackgroundServer):
         self.clock = clock
         self._port = port
         self._log: RequestLog[ProxiedRequest] = RequestLog()
+        self._faults_lock = threading.Lock()
+        self._faults: deque[StorageFault] = deque()
 
     @property
     def port(self) -> int:
@@ -370,6 +512,40 @@ class StorageAuthProxy(BackgroundServer):
     def statuses(self) -> Counter[int]:
         """Return how many responses of each status were sent."""
         return Counter(r.status for r in self._log.snapshot())
+
+    def inject(self, *faults: StorageFault) -> None:
+        """Queue faults; each is acted out on one later request (the first of its ``action``, if it names one).
+
+        Args:
+            *faults: The faults, in order.
+        """
+        with self._faults_lock:
+            self._faults.extend(faults)
+
+    @property
+    def faults_pending(self) -> int:
+        """How many injected faults have not been acted out yet."""
+        with self._faults_lock:
+            return len(self._faults)
+
+    def take_fault(self, action: Action) -> StorageFault | None:
+        """Remove and return the first queued fault that applies to a request doing ``action`` (handler threads)."""
+        with self._faults_lock:
+            for fault in self._faults:
+                if fault.action is None or fault.action == action:
+                    self._faults.remove(fault)
+                    return fault
+        return None
+
+    def put_back(self, fault: StorageFault) -> None:
+        """Return a fault that could not be acted out to the front of the queue (handler threads)."""
+        with self._faults_lock:
+            self._faults.appendleft(fault)
+
+    @property
+    def faults_acted(self) -> Counter[StorageFaultKind]:
+        """How many injected faults of each kind were acted out so far."""
+        return Counter(r.fault for r in self._log.snapshot() if r.fault is not None)
 
     def clear(self) -> None:
         """Forget the recorded requests."""
