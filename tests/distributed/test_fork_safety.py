@@ -224,8 +224,11 @@ def _free(lock: Any) -> bool:
     return True
 
 
-def _run_forked(body: Callable[[], object]) -> Any:
-    """Fork; the child runs ``body`` and sends back its JSON result. A child that hangs fails the test."""
+def _run_forked(body: Callable[[], object], forked: Callable[[], None] = lambda: None) -> Any:
+    """Fork; the child runs ``body`` and sends back its JSON result. A child that hangs fails the test.
+
+    ``forked`` runs in the parent right after the fork (to release what a parent thread held across it).
+    """
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -235,6 +238,7 @@ def _run_forked(body: Callable[[], object]) -> Any:
         finally:
             os._exit(0)
     os.close(write)
+    forked()
     try:
         assert _wait(pid), "the child hung"
         with os.fdopen(read, "rb") as pipe:
@@ -245,13 +249,17 @@ def _run_forked(body: Callable[[], object]) -> Any:
 
 
 @pytest.fixture
-def held_in_a_thread() -> Iterator[Callable[[list[Any]], None]]:
-    """``hold(locks)``: a parent thread takes every lock and keeps it until the test ends."""
-    release = threading.Event()
+def held_in_a_thread() -> Iterator[Callable[[list[Any]], Callable[[], None]]]:
+    """``release = hold(locks)``: a parent thread takes every lock and keeps it until ``release()`` (or the end).
+
+    Release right after the fork: the test's own machinery (log capture, the secret-leak fixture) needs some
+    of these locks too.
+    """
+    events: list[threading.Event] = []
     holders: list[threading.Thread] = []
 
-    def hold(locks: list[Any]) -> None:
-        taken = threading.Event()
+    def hold(locks: list[Any]) -> Callable[[], None]:
+        taken, release = threading.Event(), threading.Event()
 
         def run() -> None:
             for lock in locks:
@@ -264,10 +272,13 @@ def held_in_a_thread() -> Iterator[Callable[[list[Any]], None]]:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         holders.append(thread)
+        events.append(release)
         assert taken.wait(10)
+        return release.set
 
     yield hold
-    release.set()
+    for release in events:
+        release.set()
     for thread in holders:
         thread.join(10)
 
@@ -281,14 +292,14 @@ def test_every_module_level_lock_is_free_in_a_child_forked_while_a_parent_thread
     assert any(path[-1] == "._guard" for path in locks)  # inside the credential module's token stores
     assert ("aml_identity.datastore._rest", "_RNG") in rngs
     parent_states = {path: _current(path).getstate()[1][:8] for path in rngs}
-    held_in_a_thread([_current(path) for path in locks])
+    release = held_in_a_thread([_current(path) for path in locks])
 
     def child() -> dict[str, list[str]]:
         stuck = [_name(path) for path in locks if not _free(_current(path))]
         same = [_name(path) for path in rngs if _current(path).getstate()[1][:8] == parent_states[path]]
         return {"stuck": stuck, "same_jitter": same}
 
-    assert _run_forked(child) == {"stuck": [], "same_jitter": []}
+    assert _run_forked(child, forked=release) == {"stuck": [], "same_jitter": []}
 
 
 def test_long_lived_objects_reset_in_a_child(aml_job, tmp_path, held_in_a_thread):
@@ -304,7 +315,7 @@ def test_long_lived_objects_reset_in_a_child(aml_job, tmp_path, held_in_a_thread
     pool = fs._pool()
     outputs = UploadOnExit(tmp_path / "outputs", "azureml://datastores/out/paths/run", signals=())
     try:
-        held_in_a_thread([bearer._store._guard, bearer._store._locks["k"], fs._lock, outputs._lock])
+        release = held_in_a_thread([bearer._store._guard, bearer._store._locks["k"], fs._lock, outputs._lock])
 
         def child() -> dict[str, object]:
             free = [
@@ -317,7 +328,7 @@ def test_long_lived_objects_reset_in_a_child(aml_job, tmp_path, held_in_a_thread
                 "uploads at exit": outputs._active,
             }
 
-        assert _run_forked(child) == {
+        assert _run_forked(child, forked=release) == {
             "locks free": [True] * 4,
             "fetcher dropped": True,
             "own pool": True,
