@@ -61,6 +61,21 @@ def clean_env(monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def clock():
+    """A fake clock the test moves by hand (the emulator and the credential both read it)."""
+    from aml_identity.testing import FakeClock
+
+    return FakeClock()
+
+
+@pytest.fixture
+def aml(aml_job, clock):
+    """The Azure ML job environment, on the test's fake clock."""
+    aml_job.clock = clock
+    return aml_job
+
+
+@pytest.fixture
 def aml_job(identity_endpoint, clean_env):
     """An Azure ML job environment (MSI_ENDPOINT, MSI_SECRET, DEFAULT_IDENTITY_CLIENT_ID) backed by the emulator."""
     for name, value in identity_endpoint.azureml_environ().items():

@@ -36,17 +36,6 @@ NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 
 
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def aml(aml_job, clock):
-    aml_job.clock = clock
-    return aml_job
-
-
 def warnings_of(caplog):
     ours = [r for r in caplog.records if r.name.startswith("aml_identity")]
     return [r.getMessage() for r in ours if r.levelno == logging.WARNING]

@@ -29,18 +29,6 @@ STORAGE = "https://storage.azure.com/.default"
 DAY = 86_400
 
 
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def aml(aml_job, clock):
-    """The Azure ML job environment, on the test's fake clock."""
-    aml_job.clock = clock
-    return aml_job
-
-
 def credential(clock, **kwargs):
     return default_credential(clock=clock, sleep=clock.sleep, **kwargs)
 

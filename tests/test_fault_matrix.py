@@ -107,17 +107,6 @@ def test_sixteen_processes_outcome_matches_the_page(herd, mode, fault, outcome, 
     assert within == "yes"
 
 
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def aml(aml_job, clock):
-    aml_job.clock = clock
-    return aml_job
-
-
 class TestWhatTheMatrixFound:
     def test_a_body_cut_off_by_a_closed_connection_is_retried(self, aml, clock):
         aml.inject(Fault.truncated())

@@ -158,12 +158,15 @@ class NodeCache:
 
     def write(self, name: str, token: CachedToken) -> None:
         """Store ``token`` under ``name`` atomically (a 0600 temp file renamed into place)."""
-        path = self._path(name)
-        tmp = self.directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        self._write_atomic(self._path(name), token.to_json())
+
+    def _write_atomic(self, path: Path, text: str) -> None:
+        """Write ``text`` to ``path`` through a 0600 temp file of this process and thread, renamed into place."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(token.to_json())
+                f.write(text)
             tmp.replace(path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -185,16 +188,7 @@ class NodeCache:
 
     def write_failure(self, name: str, failure: FetchFailure) -> None:
         """Record a failed fetch for ``name`` atomically (0600, like the token files)."""
-        path = self.directory / f"{name}{_FAILURE_SUFFIX}"
-        tmp = self.directory / f".{name}.{os.getpid()}.{threading.get_ident()}.failed.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(failure.to_json())
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        self._write_atomic(self.directory / f"{name}{_FAILURE_SUFFIX}", failure.to_json())
 
     def _open_lock(self, name: str) -> int:
         fd = os.open(self.directory / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
