@@ -399,8 +399,9 @@ def render(rows: list[Row]) -> str:
         (
             "Time to outcome is on the injected clock shared by the credential and the emulator (retry waits advance "
             f"it; a hang's 15 s read timeout is charged to it after {REAL_HANG_WAIT_S:g} s of real waiting). "
-            '"token" means the token\'s expiry matches its `exp` claim and the next call is served from the cache '
-            "without a request. Every row must end in a token or an `aml_identity.errors` class within 90 s "
+            '"token" means the reported expiry is the one its `exp` claim implies (`exp` less the mandatory '
+            "window, the hand-out margin) and the next call is served from the cache without a request. Every row "
+            "must end in a token or an `aml_identity.errors` class within 90 s "
             "(410: after at least 70 s); the last column says whether it did."
         ),
         "",
