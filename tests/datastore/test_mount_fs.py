@@ -173,13 +173,8 @@ def test_listings_beyond_the_memory_bound_are_dropped_least_recently_used_first(
     fs.close()
 
 
-def test_a_write_that_fills_the_staging_disk_gives_the_space_back_before_release_and_uploads_nothing(
-    storage_job, store, azurite, tmp_path
-):
-    # The kernel sends RELEASE (which drops a staging file) only after close() has returned, so the space of a
-    # file whose write failed must come back without it: here release is never called before the next write.
-    staging = tmp_path / "staging"
-    capacity = 20 * MIB
+def _staging_on_small_disk(store, azurite, staging, capacity):
+    """An rw file system whose staging folder is on an emulated disk of ``capacity`` bytes (and its free())."""
 
     def free(_path: str) -> int:
         return capacity - sum(p.stat().st_size for p in staging.iterdir())
@@ -190,14 +185,33 @@ def test_a_write_that_fills_the_staging_disk_gives_the_space_back_before_release
         ssl_context=ssl.create_default_context(cafile=str(azurite.tls.cert)),
     )
     fs = _filesystem(client, store, mode="rw", staging_dir=str(staging), reserve_bytes=0, free_space=free)
-    big = fs.create("/big.bin", 0o644)
-    written = 0
-    with pytest.raises(OSError) as caught:
+    return fs, free
+
+
+def _write_until_it_fails(fs, fh) -> tuple[int, OSError]:
+    written = [0]
+
+    def write_forever() -> None:
         while True:
-            written += fs.write(None, b"\0" * MIB, written, big)
-    assert caught.value.errno == errno.ENOSPC
+            written[0] += fs.write(None, b"\0" * MIB, written[0], fh)
+
+    with pytest.raises(OSError) as caught:
+        write_forever()
+    return written[0], caught.value
+
+
+def test_a_write_that_fills_the_staging_disk_gives_the_space_back_before_release_and_uploads_nothing(
+    storage_job, store, azurite, tmp_path
+):
+    # The kernel sends RELEASE (which drops a staging file) only after close() has returned, so the space of a
+    # file whose write failed must come back without it: here release is never called before the next write.
+    staging = tmp_path / "staging"
+    fs, free = _staging_on_small_disk(store, azurite, staging, 20 * MIB)
+    big = fs.create("/big.bin", 0o644)
+    written, caught = _write_until_it_fails(fs, big)
+    assert caught.errno == errno.ENOSPC
     assert written >= 16 * MIB  # blocks were already being sent while it was written
-    assert free(str(staging)) == capacity  # the space is back at once
+    assert free(str(staging)) == 20 * MIB  # the space is back at once
     with pytest.raises(OSError) as again:
         fs.write(None, b"more", written, big)
     assert again.value.errno == errno.ENOSPC
@@ -214,25 +228,31 @@ def test_a_write_that_fills_the_staging_disk_gives_the_space_back_before_release
     assert store.contents("data/") == {"small.txt": b"still works"}
 
 
-def test_a_file_whose_write_hit_enospc_is_written_afresh_after_truncating_it(storage_job, store, azurite, tmp_path):
+def test_a_file_whose_write_hit_enospc_is_written_afresh_when_opened_with_o_trunc(
+    storage_job, store, azurite, tmp_path
+):
     staging = tmp_path / "staging"
-    capacity = 4 * MIB
-
-    def free(_path: str) -> int:
-        return capacity - sum(p.stat().st_size for p in staging.iterdir())
-
-    client = BlobRestClient(
-        azurite.blob_endpoint("devstoreaccount1"),
-        BearerToken(default_credential()),
-        ssl_context=ssl.create_default_context(cafile=str(azurite.tls.cert)),
-    )
-    fs = _filesystem(client, store, mode="rw", staging_dir=str(staging), reserve_bytes=0, free_space=free)
+    fs, _ = _staging_on_small_disk(store, azurite, staging, 4 * MIB)
     fh = fs.create("/a.bin", 0o644)
     with pytest.raises(OSError):
         fs.write(None, b"x" * (5 * MIB), 0, fh)
-    fs.truncate(None, 0, fh)  # open(..., "w") again
-    fs.write(None, b"fits", 0, fh)
-    fs.flush(None, fh)
+    with pytest.raises(OSError):
+        fs.flush(None, fh)
     fs.release(None, fh)
+    assert fs.getattr("/a.bin")["st_size"] == 0  # still there (empty, never uploaded) to be deleted or rewritten
+    again = fs.open("/a.bin", os.O_WRONLY | os.O_TRUNC)
+    fs.write(None, b"fits", 0, again)
+    fs.flush(None, again)
+    fs.release(None, again)
+    gone = fs.create("/b.bin", 0o644)
+    with pytest.raises(OSError):
+        fs.write(None, b"x" * (5 * MIB), 0, gone)
+    with pytest.raises(OSError):
+        fs.flush(None, gone)
+    fs.release(None, gone)
+    fs.unlink("/b.bin")  # deleted after release: its kept staging file goes too
+    assert list(staging.iterdir()) == []
+    with pytest.raises(FileNotFoundError):
+        fs.getattr("/b.bin")
     fs.close()
     assert store.contents("data/") == {"a.bin": b"fits"}

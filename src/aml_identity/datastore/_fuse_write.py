@@ -15,8 +15,8 @@ Staging never takes the last of its disk: a write that would leave less than the
 truncated blob would look complete): its staging file is emptied at once, so the space is back before the writer
 even closes it (the kernel's ``release``, which drops the staging file, comes after ``close()`` returns), its
 pending block uploads are cancelled, later writes fail with ``ENOSPC`` too and closing it reports ``ENOSPC``;
-truncating it to 0 (``open(..., "w")``) starts it afresh. Deleting a file still being written cancels its
-pending block uploads.
+it stays there, empty and on this node only, until it is deleted or opened with ``O_TRUNC`` (``open(..., "w")``),
+which starts it afresh. Deleting a file still being written cancels its pending block uploads.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class StagingArea:
             staged_files = list(self._staged.values())
             self._staged.clear()
         for staged in staged_files:
-            if staged.dirty and not staged.unlinked:
+            if staged.dirty and not staged.unlinked and not staged.failed:
                 _log.warning(
                     "%s was still open for writing when the mount ended; its unclosed content was not "
                     "uploaded (a half-written file never becomes a blob)",
@@ -239,13 +239,18 @@ class StagingArea:
         return Entry(is_dir=False, size=info.st_size, mtime=info.st_mtime)
 
     def drop_ref(self, staged: Staged) -> None:
-        """One reference fewer; the last one removes the staging file."""
+        """One reference fewer; the last one removes the staging file (not a failed one's: see :meth:`forget`)."""
         with self._lock:
             staged.refs -= 1
             if staged.refs > 0:
                 return
             if self._staged.get(staged.path) is staged:
+                if staged.failed:  # kept, empty, so that the path is there to delete or write again
+                    return
                 del self._staged[staged.path]
+        self._remove(staged)
+
+    def _remove(self, staged: Staged) -> None:
         with contextlib.suppress(OSError):
             os.close(staged.fd)
         with contextlib.suppress(OSError):
@@ -257,8 +262,11 @@ class StagingArea:
             staged = self._staged.pop(path, None)
             if staged is not None:
                 staged.unlinked = True
+            closed = staged is not None and staged.refs <= 0  # a failed write's, kept by drop_ref
         if staged is not None:
             self._cancel_pending(staged)
+            if closed:
+                self._remove(staged)
         return staged
 
     def _cancel_pending(self, staged: Staged) -> None:
@@ -330,7 +338,7 @@ class StagingArea:
         """Truncate the staging file (blocks from the new end on must be sent again; 0 clears a failed write)."""
         with staged.lock:
             os.ftruncate(staged.fd, length)
-            if length == 0:
+            if length == 0 and staged.refs > 0:  # open(..., "w") of a failed file: written afresh
                 staged.failed = False
             with staged.blocks_lock:
                 for index in [i for i in staged.generation if i >= length // UPLOAD_BLOCK_BYTES]:
