@@ -103,11 +103,13 @@ class HerdResult:
     p99_seconds: float
     wall_seconds: float
     first_error: str
+    load: float  # the machine's 1-minute load average when the herd started (the machine may be shared)
 
 
 def herd(endpoint: IdentityEndpoint, client: str, per: str, processes: int, threads: int) -> HerdResult:
     """Start processes x threads callers together on a cold cache and count what the endpoint saw."""
     endpoint.reset_requests()
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="aml-herd-") as cache:
         environ = _job_environ(endpoint, Path(cache))
         read_go, write_go = os.pipe()
@@ -144,6 +146,7 @@ def herd(endpoint: IdentityEndpoint, client: str, per: str, processes: int, thre
         p99_seconds=_percentile([float(str(o["seconds"])) for o in outcomes], 0.99),
         wall_seconds=wall,
         first_error=errors[0] if errors else "",
+        load=load,
     )
 
 
@@ -154,7 +157,8 @@ def _table(latency: dict[str, tuple[float, float]], herds: list[HerdResult], arg
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; {versions('azure-identity', 'msal', 'azure-core')}.",
         (
-            f"Command: `python -m bench tokens{' --quick' if args.quick else ''}`. Emulator: "
+            f"Command: `python -m bench tokens{' --quick' if args.quick else ''}"
+            f"{f' --herds {args.herds}' if args.herds else ''}`. Emulator: "
             "`aml_identity.testing.IdentityEndpoint`, Azure ML protocol (`MSI_ENDPOINT`), in the benchmark process."
         ),
         "",
@@ -176,19 +180,21 @@ def _table(latency: dict[str, tuple[float, float]], herds: list[HerdResult], arg
         (
             "Every caller starts at once (the processes block on one pipe that the benchmark closes). "
             "'per thread' gives each thread its own credential; 'per process' shares one credential between a "
-            "process's threads (the setting of the azure-identity figure quoted in the issue)."
+            "process's threads (the setting of the azure-identity figure quoted in the issue). The clock starts "
+            "when the credentials exist (each worker creates them before it reports ready). 'load avg' is the "
+            "machine's 1-minute load average as the herd started: on a shared machine, compare rows of similar load."
         ),
         "",
         (
             "| client | credential | processes x threads | endpoint requests | 429s | failed callers "
-            "| p99 time-to-token (s) | wall (s) |"
+            "| p99 time-to-token (s) | wall (s) | load avg |"
         ),
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for h in herds:
         lines.append(
             f"| {h.client} | per {h.per} | {h.processes} x {h.threads} | {h.requests} | {h.throttled} | {h.failed} | "
-            f"{h.p99_seconds:.2f} | {h.wall_seconds:.1f} |"
+            f"{h.p99_seconds:.2f} | {h.wall_seconds:.1f} | {h.load:.1f} |"
         )
     failures = {h.client: h.first_error for h in herds if h.first_error}
     if failures:

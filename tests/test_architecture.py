@@ -142,6 +142,33 @@ def test_testing_never_imports_the_cli():
     assert _violations("aml_identity.testing", ("aml_identity.cli",)) == []
 
 
+def _register_at_fork_uses(path: Path) -> list[int]:
+    """Lines of ``path`` that name ``register_at_fork`` (a call, an attribute, or an import of it)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    lines = []
+    for node in ast.walk(tree):
+        named = (
+            (isinstance(node, ast.Attribute) and node.attr == "register_at_fork")
+            or (isinstance(node, ast.Name) and node.id == "register_at_fork")
+            or (isinstance(node, ast.ImportFrom) and any(a.name == "register_at_fork" for a in node.names))
+        )
+        if named:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_fork_registry_registers_after_fork_hooks():
+    # Every module resets its state in a forked child through aml_identity._fork, so the list is in one place.
+    offenders = [
+        f"{name}:{line} calls os.register_at_fork; use aml_identity._fork.after_fork_in_child instead"
+        for name, path in MODULES.items()
+        if name != "aml_identity._fork"
+        for line in _register_at_fork_uses(path)
+    ]
+    assert offenders == []
+    assert _register_at_fork_uses(MODULES["aml_identity._fork"])  # the scan sees the one that exists
+
+
 # The longest a module under src/aml_identity may be. Past it a module holds more than one concern, reviews of
 # it conflict, and a reader cannot keep it in view: split it by concern into private modules, re-exporting the
 # names its callers import (as datastore/_rest.py does with _blob_answers.py).

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -19,7 +22,7 @@ from aml_identity._tokens import (
     cache_key,
     new_token,
 )
-from aml_identity.errors import TokenRequestError
+from aml_identity.errors import AmlIdentityError, TokenRequestError
 from aml_identity.testing import FakeClock
 
 T0 = 1_700_000_000
@@ -323,3 +326,87 @@ class TestNodeSharing:
         assert first.get(KEY, fetch).token == "token-2"  # first refreshed in the advisory window
         assert second.get(KEY, fetch).token == "token-2"  # second picks it up from the node cache
         assert fetch.calls == 2
+
+
+class WatchedNodeCache(NodeCache):
+    """A node cache that says when a caller starts waiting for another process's fetch."""
+
+    def __init__(self, directory) -> None:
+        super().__init__(directory)
+        self.waiting = threading.Event()
+
+    def wait_unlocked(self, name: str, timeout: float) -> bool:
+        self.waiting.set()
+        return super().wait_unlocked(name, timeout)
+
+
+def watched(directory) -> WatchedNodeCache:
+    NodeCache.open(directory)
+    return WatchedNodeCache(directory)
+
+
+# A process that takes the node lock of one token and holds it until it is killed (a fetcher that dies).
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+class TestWaitingForAnotherProcess:
+    """A cold miss in several processes: one fetches, the others sleep until it is done and read its token."""
+
+    def test_a_waiting_process_wakes_when_the_fetch_ends_and_reads_its_token(self, clock, tmp_path):
+        directory = tmp_path / "cache"
+        node = watched(directory)
+        fetcher, waiter = make_store(clock, NodeCache.open(directory)), make_store(clock, node)
+        fetch = Fetcher(clock)
+        fetch.gate = threading.Event()
+        results: dict[str, str] = {}
+        first = threading.Thread(target=lambda: results.update(first=fetcher.get(KEY, fetch).token))
+        first.start()
+        assert fetch.entered.wait(10)
+        second = threading.Thread(target=lambda: results.update(second=waiter.get(KEY, fetch).token))
+        second.start()
+        assert node.waiting.wait(10)  # the second process found the lock taken and sleeps on it
+        fetch.gate.set()
+        first.join(10)
+        second.join(10)
+        assert results == {"first": "token-1", "second": "token-1"}
+        assert fetch.calls == 1
+
+    def test_a_waiter_fetches_itself_when_the_fetching_process_dies(self, clock, tmp_path):
+        directory = tmp_path / "cache"
+        node = watched(directory)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(directory / f"{KEY}.lock")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            store, fetch = make_store(clock, node), Fetcher(clock)
+            result: list[str] = []
+            waiter = threading.Thread(target=lambda: result.append(store.get(KEY, fetch).token))
+            waiter.start()
+            assert node.waiting.wait(10)
+            holder.send_signal(signal.SIGKILL)  # the kernel releases a dead process's lock
+            waiter.join(10)
+        finally:
+            holder.kill()
+            holder.wait(10)
+        assert result == ["token-1"]
+        assert fetch.calls == 1
+
+    def test_a_waiter_gives_up_after_the_lock_timeout_and_names_the_lock(self, clock, tmp_path):
+        directory = tmp_path / "cache"
+        other = NodeCache.open(directory)
+        store = TokenStore(NodeCache.open(directory), clock, lock_timeout=0.05)
+        fetch = Fetcher(clock)
+        with other.try_lock(KEY) as acquired:
+            assert acquired
+            with pytest.raises(AmlIdentityError, match=rf"{KEY}\.lock\). Is a process stuck"):
+                store.get(KEY, fetch)
+        assert fetch.calls == 0
+        assert store.get(KEY, fetch).token == "token-1"  # once the holder lets go, the next call fetches

@@ -29,18 +29,15 @@ from typing import Any
 import msal
 import requests
 
+# The errors with azure-identity bases are named through the module (errors.TokenRequestError): loading
+# azure.identity (~45 ms of CPU) only when one is raised keeps it off the first fetch, which a node's other
+# ranks are waiting for.
+from aml_identity import errors
 from aml_identity._environment import JobEnvironment, check_outbound_url
 from aml_identity._fork import after_fork_in_child
 from aml_identity._retry import RETRYABLE_STATUS, RetryPolicy, call_with_retries
 from aml_identity._tokens import CachedToken, new_token
-from aml_identity.errors import (
-    AmlIdentityError,
-    ConfigurationError,
-    IdentityNotFoundError,
-    IdentityUnavailableError,
-    TokenRequestError,
-    redact,
-)
+from aml_identity.errors import AmlIdentityError, ConfigurationError, redact
 from aml_identity.identity import SOURCE_NAMES, ManagedIdentity
 
 __all__ = ["MAX_RESPONSE_BYTES", "Fetcher", "MsalFetcher", "WorkloadIdentityFetcher", "make_fetcher"]
@@ -284,13 +281,13 @@ class _Exchange:
         f = self._f
         reason = "timed out" if isinstance(error, requests.Timeout) else "refused or dropped the connection"
         if not exhausted and error is not None and f.unavailable_if_silent(error):
-            return IdentityUnavailableError(
+            return errors.IdentityUnavailableError(
                 f"No managed identity endpoint answered at {f.identity.endpoint} ({reason}): this does not look like "
                 "an Azure VM or Azure ML compute. Off Azure, use azure.identity.AzureCliCredential or another "
                 "credential; in the aml-identity sandbox the job environment provides the endpoint.",
                 source="imds",
             )
-        return TokenRequestError(
+        return errors.TokenRequestError(
             f"The {f.source_name} {reason} for {f.identity.describe()}: {attempts} attempt(s) over {elapsed:.0f} s "
             f"(budget {f.policy.total_timeout:.0f} s). The endpoint may be restarting; retry later, or raise the "
             "budget with AML_IDENTITY_TOKEN_TIMEOUT.",
@@ -300,10 +297,10 @@ class _Exchange:
             retryable=True,
         )
 
-    def _oversized(self, exc: _OversizedError) -> TokenRequestError:
+    def _oversized(self, exc: _OversizedError) -> errors.TokenRequestError:
         f = self._f
         size = f"{exc.declared} bytes" if exc.declared is not None else "more than that"
-        return TokenRequestError(
+        return errors.TokenRequestError(
             f"The {f.source_name} answered {exc.status} with a body of {size} for {f.identity.describe()}; a token "
             f"response is a few kilobytes, so aml-identity stopped reading at {MAX_RESPONSE_BYTES} bytes. Something "
             "other than the identity endpoint is answering at this address (a proxy, another service): check "
@@ -347,12 +344,12 @@ class _Exchange:
         content_type: str,
         attempts: int,
         elapsed: float,
-    ) -> TokenRequestError:
+    ) -> errors.TokenRequestError:
         f = self._f
         excerpt = redact(text.strip() or "(empty body)", f.secret)
 
-        def error(message: str, *, retryable: bool = False) -> TokenRequestError:
-            return TokenRequestError(
+        def error(message: str, *, retryable: bool = False) -> errors.TokenRequestError:
+            return errors.TokenRequestError(
                 message, identity=f.identity.selector, endpoint=f.identity.endpoint, status_code=status,
                 attempts=attempts, retryable=retryable,
             )  # fmt: skip
@@ -405,11 +402,11 @@ class _Exchange:
             "This is not retried (Microsoft: do not retry 4xx other than 404, 408, 410, 429)."
         )
 
-    def _not_found(self, status: int, said: str, attempts: int) -> IdentityNotFoundError:
+    def _not_found(self, status: int, said: str, attempts: int) -> errors.IdentityNotFoundError:
         f = self._f
         name = {"argument": "client_id", "DEFAULT_IDENTITY_CLIENT_ID": "DEFAULT_IDENTITY_CLIENT_ID",
                 "AZURE_CLIENT_ID": "AZURE_CLIENT_ID"}.get(f.identity.selected_by)  # fmt: skip
-        return IdentityNotFoundError(
+        return errors.IdentityNotFoundError(
             f"The {f.source_name} has no identity {f.identity.selector} ({status}: {said}). If this GUID is the "
             "identity's object (principal) id, pass its client (application) id instead; also check the identity "
             "is assigned to this compute (a user-assigned identity must be added to the cluster).",
@@ -431,7 +428,7 @@ class _Exchange:
         if not isinstance(token, str) or not token or expires_on is None:
             missing = [k for k, ok in (("access_token", isinstance(token, str) and bool(token)),
                                        ("expires_on", expires_on is not None)) if not ok]  # fmt: skip
-            raise TokenRequestError(
+            raise errors.TokenRequestError(
                 f"The {f.source_name} answered 200 without {' and '.join(missing)} for {f.identity.describe()} "
                 f"(fields present: {', '.join(sorted(body)) or 'none'}). The endpoint is misbehaving; retry later.",
                 identity=f.identity.selector,
@@ -544,7 +541,7 @@ class MsalFetcher(Fetcher):
         except AmlIdentityError:
             raise
         except (msal.ManagedIdentityError, ValueError, KeyError, TypeError) as exc:
-            raise TokenRequestError(
+            raise errors.TokenRequestError(
                 f"msal could not get a token from the {self.source_name} for {self.identity.describe()}: "
                 f"{redact(str(exc), self.secret)}",
                 identity=self.identity.selector,
@@ -552,7 +549,7 @@ class MsalFetcher(Fetcher):
             ) from None
         if "access_token" not in result or exchange.expires_on is None:
             said = redact(f"{result.get('error', '')}: {result.get('error_description', '')}", self.secret)
-            raise TokenRequestError(
+            raise errors.TokenRequestError(
                 f"The {self.source_name} gave no token for {self.identity.describe()} ({said}).",
                 identity=self.identity.selector,
                 endpoint=self.identity.endpoint,
@@ -598,7 +595,7 @@ class WorkloadIdentityFetcher(Fetcher):
                 resource.rstrip("/") + "/.default", options={"claims": claims} if claims else None
             )
         except ClientAuthenticationError as exc:
-            raise TokenRequestError(
+            raise errors.TokenRequestError(
                 f"Workload identity token request failed for {self.identity.describe()}: {redact(exc.message)}",
                 identity=self.identity.selector,
                 endpoint=self.identity.endpoint,

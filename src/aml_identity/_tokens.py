@@ -3,8 +3,8 @@
 * **In-process**: a hit is a dictionary read and a clock compare — no lock, no I/O.
 * **Node-wide**: every process of the job on one node shares one directory of token files, so N ranks cost
   one endpoint request per (identity, resource, tenant) per token lifetime. On a miss one process fetches
-  under an exclusive file lock (``fcntl.flock`` through ``filelock``, released by the kernel if the process
-  dies) while the others wait and then read what it wrote.
+  under an exclusive ``fcntl.flock`` (released by the kernel if the process dies) while the others block on a
+  shared lock of the same file, so they all wake the moment the fetch ends and read what it wrote.
 * **Refresh**: a token is *fresh* until ``refresh_on``; then, in the *advisory* window, one caller refreshes
   while the others keep using the valid token and a failure is only logged (and not retried for 30 s);
   in the *mandatory* window (the last 5 minutes) callers block on one refresh and a failure raises.
@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -40,7 +42,6 @@ from aml_identity._private import UnsafeCacheError, check_owned_private, ensure_
 from aml_identity.errors import AmlIdentityError
 
 if TYPE_CHECKING:
-    import filelock
     from azure.core.credentials import AccessToken, AccessTokenInfo
 
 __all__ = [
@@ -80,8 +81,6 @@ SHORT_TOKEN_MANDATORY_FRACTION = 0.25
 # How long a process waits for another process's fetch before giving up; longer than the identity endpoint's
 # total retry budget (90 s by default), so a waiter never gives up on a fetch that is still retrying.
 NODE_LOCK_WAIT_MARGIN_S = 30.0
-# How often a waiter checks whether the fetching process has released the lock.
-NODE_LOCK_POLL_S = 0.01
 # Cache file format version; a file with another version is ignored (and overwritten on the next fetch).
 CACHE_FORMAT = 1
 # The suffix of the file recording a node's last failed fetch of a token (see FetchFailure).
@@ -349,7 +348,7 @@ class NodeCache:
         """
         self.directory = directory
         self.uid = os.getuid() if uid is None else uid
-        self._file_locks: dict[str, filelock.BaseFileLock] = {}
+        self._lock_fds: set[int] = set()  # lock files open now (closed in a forked child)
 
     @classmethod
     def open(cls, directory: Path, *, uid: int | None = None) -> NodeCache:
@@ -432,34 +431,66 @@ class NodeCache:
             tmp.unlink(missing_ok=True)
             raise
 
+    def _open_lock(self, name: str) -> int:
+        fd = os.open(self.directory / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self._lock_fds.add(fd)
+        return fd
+
+    def _close_lock(self, fd: int) -> None:
+        self._lock_fds.discard(fd)
+        os.close(fd)
+
     @contextlib.contextmanager
-    def lock(self, name: str, *, blocking: bool, timeout: float) -> Iterator[bool]:
-        """Hold the node-wide lock for ``name``; yields whether it was acquired.
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """Hold the node-wide lock for ``name`` if no other process holds it; yields whether it was acquired.
 
-        Args:
-            name: The token's cache name.
-            blocking: Wait for it (mandatory refresh) or give up at once (advisory refresh).
-            timeout: The longest wait when blocking.
+        The lock is an exclusive ``flock`` on ``<name>.lock``: the kernel releases it if this process dies.
         """
-        import filelock  # noqa: PLC0415 - ~10 ms to import; a node-cache hit never takes the lock
-
-        lock = self._file_locks.get(name)
-        if lock is None:
-            lock = filelock.FileLock(self.directory / f"{name}.lock", mode=0o600, thread_local=False)
-            self._file_locks[name] = lock
+        fd = self._open_lock(name)
         try:
-            lock.acquire(timeout=timeout if blocking else 0, poll_interval=NODE_LOCK_POLL_S)
-        except filelock.Timeout:
-            yield False
-            return
-        try:
-            yield True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)  # explicit: a child forked meanwhile shares the open file
         finally:
-            lock.release()
+            self._close_lock(fd)
+
+    def wait_unlocked(self, name: str, timeout: float) -> bool:
+        """Block until no process holds the lock for ``name``; False if that takes longer than ``timeout``.
+
+        A blocking shared ``flock`` wakes every waiter the moment the holder releases (or dies), instead of
+        each polling. It runs in a helper thread so the wait is bounded; on timeout the helper stays blocked
+        until the holder lets go (or this process exits) and then closes its file.
+        """
+        fd = self._open_lock(name)
+        released = threading.Event()
+
+        def wait() -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                self._close_lock(fd)
+                released.set()
+
+        threading.Thread(target=wait, name="aml-identity-node-lock-wait", daemon=True).start()
+        return released.wait(timeout)
 
     def after_fork(self) -> None:
-        """Forget lock objects inherited from the parent (a forked child opens its own)."""
-        self._file_locks = {}
+        """Close lock files inherited from the parent, so a lock held there is released when the parent lets go.
+
+        A child keeping the parent's open lock file would keep a fetcher's lock held after the fetcher dies.
+        Closing (never unlocking) leaves the parent's own lock alone.
+        """
+        fds, self._lock_fds = self._lock_fds, set()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 Fetch = Callable[[], CachedToken]
@@ -557,7 +588,7 @@ class TokenStore:
         if not lock.acquire(blocking=False):
             return current  # another thread of this process is refreshing
         try:
-            with self._node_lock(key, blocking=False) as acquired:
+            with self._node_lock(key) as acquired:
                 if not acquired:
                     return current  # another process is refreshing
                 latest = self._newest(key) or current
@@ -592,11 +623,29 @@ class TokenStore:
                 assert current is not None  # noqa: S101 - narrowed by _usable
                 return current
             self._raise_if_failed_since(key, before, node=False)
-            with self._node_lock(key, blocking=True) as acquired:
-                if not acquired:
+            deadline = time.monotonic() + self._lock_timeout
+            while True:
+                with self._node_lock(key) as acquired:
+                    if acquired:
+                        current = self._newest(key)
+                        if self._usable(current, stale):
+                            assert current is not None  # noqa: S101
+                            return current
+                        self._raise_if_failed_since(key, before, node=True)
+                        try:
+                            token = fetch()
+                        except AmlIdentityError as exc:
+                            self._record_failure(key, exc)
+                            raise
+                        self._store(key, token)
+                        return token
+                # Another process is fetching: sleep until it lets go, then read what it wrote. If it failed, its
+                # error is this caller's too (not repeated); if it died, this process tries to fetch itself.
+                assert self.node is not None  # noqa: S101 - an in-process store always acquires
+                if not self.node.wait_unlocked(key, max(0.0, deadline - time.monotonic())):
                     msg = (
                         f"Waited {self._lock_timeout:.0f} s for another process on this node to fetch a token "
-                        f"(lock {self.node.directory if self.node else '?'}/{key}.lock). Is a process stuck?"
+                        f"(lock {self.node.directory}/{key}.lock). Is a process stuck?"
                     )
                     raise AmlIdentityError(msg)
                 current = self._newest(key)
@@ -604,13 +653,6 @@ class TokenStore:
                     assert current is not None  # noqa: S101
                     return current
                 self._raise_if_failed_since(key, before, node=True)
-                try:
-                    token = fetch()
-                except AmlIdentityError as exc:
-                    self._record_failure(key, exc)
-                    raise
-                self._store(key, token)
-                return token
 
     def _last_failure(self, key: str) -> tuple[str | None, str | None]:
         """The ids of the newest failed fetches of ``key`` recorded in this process and on the node."""
@@ -650,11 +692,12 @@ class TokenStore:
         return token.state(self._clock()) in (TokenState.FRESH, TokenState.ADVISORY)
 
     @contextlib.contextmanager
-    def _node_lock(self, key: str, *, blocking: bool) -> Iterator[bool]:
+    def _node_lock(self, key: str) -> Iterator[bool]:
+        """Hold the node lock for ``key`` if no other process does (always, for an in-process store)."""
         if self.node is None:
             yield True
             return
-        with self.node.lock(key, blocking=blocking, timeout=self._lock_timeout) as acquired:
+        with self.node.try_lock(key) as acquired:
             yield acquired
 
     def _store(self, key: str, token: CachedToken) -> None:

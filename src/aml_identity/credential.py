@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from aml_identity._environment import JobEnvironment
-from aml_identity._fork import after_fork_in_child
+from aml_identity._fork import after_fork_in_child, after_fork_in_child_while_alive
 from aml_identity._retry import RetryPolicy
 from aml_identity._tokens import (
     NODE_LOCK_WAIT_MARGIN_S,
@@ -185,6 +185,17 @@ class JobCredential:
         self._keys: dict[tuple[tuple[str, ...], str | None], tuple[str, str]] = {}
         # scope -> cache key for the common call (one scope, no tenant): a str key hashes once, a tuple every time
         self._scope_keys: dict[str, str] = {}
+        # azure-core's token types, which every get_token returns: imported here rather than with the first token,
+        # so that when a node's ranks ask at once, the one fetch is not slowed by every process importing
+        # azure-core (~15-50 ms of CPU each) on the same few cores. `import aml_identity` stays light.
+        import aml_identity._access_token  # noqa: F401, PLC0415
+
+        after_fork_in_child_while_alive(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        # The fetcher holds the parent's jitter state (forked workers would retry in lockstep) and, for workload
+        # identity, azure-identity's client with its own locks: a child makes its own on its first fetch.
+        self._fetcher = None
 
     def __repr__(self) -> str:
         """Describe the identity and cache (no secret)."""

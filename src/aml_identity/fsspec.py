@@ -49,6 +49,7 @@ except ImportError as _missing:  # pragma: no cover - exercised in a subprocess 
     raise ImportError("aml_identity.fsspec needs fsspec: pip install 'aml-identity[fsspec]'") from _missing
 
 from aml_identity._environment import JobEnvironment, check_outbound_url
+from aml_identity._fork import after_fork_in_child_while_alive
 from aml_identity._fsspec_file import READ_BLOCK_SIZE, SINGLE_PUT_MAX, WRITE_BLOCK_SIZE, AzureMLFile, ReadAheadCache
 from aml_identity._fsspec_listing import directory_info, list_level, list_tree
 from aml_identity._fsspec_store import Store
@@ -129,6 +130,15 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
         self._token: BearerToken | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._executor_pid = 0
+        after_fork_in_child_while_alive(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        # A DataLoader worker keeps the dataset's file system: the parent's lock may be held by one of its
+        # threads, its pool's threads did not come along, and its connections are the parent's sockets.
+        self._lock = threading.Lock()
+        self._executor = None
+        self._clients = {}
+        self._stores = {}
 
     # -- paths -----------------------------------------------------------------------------------------
 

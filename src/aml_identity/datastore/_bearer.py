@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 
+from aml_identity._fork import after_fork_in_child_while_alive
 from aml_identity._tokens import CachedToken, TokenStore, new_token
 from aml_identity.errors import AmlIdentityError
 
@@ -68,6 +69,7 @@ class BearerToken:
         self._current: CachedToken | None = None
         self._force = False
         self._store = TokenStore(None, clock, lock_timeout=0.0)  # in-process: no node lock to wait for
+        after_fork_in_child_while_alive(self._store.after_fork)  # its locks may be held by a parent thread
         self._per_call: Callable[[str], Any] | None = None
         try:
             from aml_identity.credential import JobCredential  # noqa: PLC0415 - avoid an import cycle

@@ -32,6 +32,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from aml_identity._environment import JobEnvironment, check_outbound_url
+from aml_identity._fork import after_fork_in_child_while_alive
 from aml_identity._job import job_credential
 from aml_identity._private import UnsafeCacheError, ensure_private_dir
 from aml_identity.datastore._download import run_download
@@ -462,11 +463,18 @@ class UploadOnExit:
         if not os.path.exists(self.src):
             os.makedirs(self.src)  # the outputs folder the job is about to write into
         atexit.register(self._at_exit)
+        after_fork_in_child_while_alive(self._after_fork_in_child)
         if threading.current_thread() is threading.main_thread():
             for signum in signals:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
         else:
             _log.warning("upload_on_exit was called outside the main thread: it uploads at exit, not on signals")
+
+    def _after_fork_in_child(self) -> None:
+        # Only the process that asked uploads: a forked worker that exits or is terminated must not upload the
+        # folder (half of it may be its parent's work in progress), and a parent thread's flush may hold the lock.
+        self._lock = threading.RLock()
+        self._active = False
 
     def flush(self) -> TransferResult:
         """Upload every closed file now (unchanged ones are skipped)."""

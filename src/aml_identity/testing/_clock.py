@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from aml_identity._fork import after_fork_in_child_while_alive
+
 __all__ = ["FakeClock"]
 
 
@@ -26,6 +28,10 @@ class FakeClock:
         self._now = time.time() if start is None else start
         self._lock = threading.Lock()
         self.sleeps: list[float] = []
+        after_fork_in_child_while_alive(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a credential in a forked child keeps reading its clock
 
     def __call__(self) -> float:
         """Return the fake current time."""
