@@ -20,8 +20,10 @@ CORE = (
     "aml_identity.identity",
     "aml_identity.credential",
     "aml_identity._tokens",
+    "aml_identity._cached_token",
     "aml_identity._retry",
     "aml_identity._fetch",
+    "aml_identity._endpoint_response",
     "aml_identity._environment",
     "aml_identity.errors",
 )

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from aml_identity._claims import IDENTITY_CLAIMS, identity_claims
+from aml_identity._endpoint_response import EXPIRES_ON_FORMATS, parse_epoch
 from aml_identity._environment import JobEnvironment, check_outbound_url, is_guid
-from aml_identity._fetch import _EXPIRES_ON_FORMATS, _parse_epoch
 from aml_identity._tokens import new_token
 from aml_identity.datastore.uri import DatastoreUri
 from aml_identity.errors import ConfigurationError
@@ -200,23 +200,23 @@ def test_arm_ids_round_trip_through_parse(sub, group, pairs, namespace):
 @example("-Infinity")
 @example("1e999")
 def test_token_times_from_any_json_value_are_a_whole_number_or_absent(value):
-    parsed = _parse_epoch(value)
+    parsed = parse_epoch(value)
     assert parsed is None or isinstance(parsed, int)
 
 
 @FUZZ
 @given(st.integers(-(10**12), 10**12), st.sampled_from(["{}", " {} ", "{}.0", "{}.9"]))
 def test_token_times_read_numbers_and_numeric_strings(number, shape):
-    assert _parse_epoch(number) == number
-    assert _parse_epoch(shape.format(number)) == number
+    assert parse_epoch(number) == number
+    assert parse_epoch(shape.format(number)) == number
 
 
 @FUZZ
 @given(st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2999, 12, 31)),  # noqa: DTZ001
-       st.sampled_from(_EXPIRES_ON_FORMATS))  # fmt: skip
+       st.sampled_from(EXPIRES_ON_FORMATS))  # fmt: skip
 def test_token_times_read_the_date_strings_app_service_sends(when, fmt):
     aware = when.replace(microsecond=0, tzinfo=dt.timezone.utc)
-    assert _parse_epoch(aware.strftime(fmt)) == int(aware.timestamp())
+    assert parse_epoch(aware.strftime(fmt)) == int(aware.timestamp())
 
 
 @FUZZ

@@ -14,10 +14,8 @@ identity from its own (possibly injected) environment, so the two are compared b
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-import math
 import os
 import random
 import threading
@@ -33,6 +31,7 @@ import requests
 # azure.identity (~45 ms of CPU) only when one is raised keeps it off the first fetch, which a node's other
 # ranks are waiting for.
 from aml_identity import errors
+from aml_identity._endpoint_response import MAX_RESPONSE_BYTES, OversizedError, Received, parse_epoch, read_capped
 from aml_identity._environment import JobEnvironment, check_outbound_url
 from aml_identity._fork import after_fork_in_child
 from aml_identity._retry import RETRYABLE_STATUS, RetryPolicy, call_with_retries
@@ -44,13 +43,6 @@ __all__ = ["MAX_RESPONSE_BYTES", "Fetcher", "MsalFetcher", "WorkloadIdentityFetc
 
 _log = logging.getLogger("aml_identity.fetch")
 
-# A token response is a few kilobytes (a JWT of 1-3 KB plus five short fields). A body larger than this is
-# not a token response (a misrouted proxy, a log dump, an attack): it is cut off, never buffered whole.
-MAX_RESPONSE_BYTES = 1024 * 1024
-# The body is read in pieces of this size, so an oversized answer costs at most one piece beyond the cap.
-_READ_CHUNK_BYTES = 64 * 1024
-# App Service 2017 and Azure ML's async path send expires_on as a date string (Linux and Windows formats).
-_EXPIRES_ON_FORMATS = ("%m/%d/%Y %H:%M:%S %z", "%m/%d/%Y %I:%M:%S %p %z")
 # Variables msal reads from os.environ to choose and reach the endpoint (JobEnvironment field -> variable);
 # they must agree with the environment the identity was resolved from.
 _MSAL_ENV = {
@@ -127,85 +119,9 @@ class _Answer:
             raise requests.HTTPError(msg)
 
 
-def _parse_epoch(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        # Python's json reads NaN and Infinity: a time that is no time is absent, not a crash.
-        return int(value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = float(text)
-        except ValueError:
-            pass
-        else:
-            return int(number) if math.isfinite(number) else None
-        for fmt in _EXPIRES_ON_FORMATS:
-            try:
-                return int(dt.datetime.strptime(text, fmt).timestamp())  # noqa: DTZ007 - both formats end in %z
-            except ValueError:  # noqa: PERF203 - two formats, parsed once per token
-                continue
-    return None
-
-
 def _is_transient(exc: Exception) -> bool:
     # ChunkedEncodingError: the connection closed before the whole body arrived (a truncated answer).
     return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError))
-
-
-@dataclass(frozen=True)
-class _Received:
-    """One complete response, its body read (at most :data:`MAX_RESPONSE_BYTES`) and the connection released."""
-
-    status_code: int
-    headers: Mapping[str, str]
-    content: bytes
-    encoding: str | None
-
-    @property
-    def text(self) -> str:
-        return self.content.decode(self.encoding or "utf-8", errors="replace")
-
-
-class _OversizedError(Exception):
-    """The endpoint's answer is larger than :data:`MAX_RESPONSE_BYTES` (not retried)."""
-
-    def __init__(self, status: int, declared: int | None) -> None:
-        super().__init__(status, declared)
-        self.status = status
-        self.declared = declared
-
-
-def _read_capped(response: requests.Response) -> _Received:
-    """Read a streamed response's body, refusing one larger than :data:`MAX_RESPONSE_BYTES`.
-
-    Raises:
-        _OversizedError: The body (declared or received) is over the cap; the connection is closed.
-        requests.exceptions.ChunkedEncodingError: The connection closed before the declared length arrived.
-    """
-    try:
-        declared_text = response.headers.get("Content-Length")
-        declared = int(declared_text) if declared_text and declared_text.isdigit() else None
-        if declared is not None and declared > MAX_RESPONSE_BYTES:
-            raise _OversizedError(response.status_code, declared)
-        if response.raw is None:  # a transport adapter that built the body in memory
-            content = response.content
-            if len(content) > MAX_RESPONSE_BYTES:
-                raise _OversizedError(response.status_code, len(content))
-            return _Received(response.status_code, response.headers, content, response.encoding)
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_content(_READ_CHUNK_BYTES):
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
-                raise _OversizedError(response.status_code, declared)
-            chunks.append(chunk)
-        return _Received(response.status_code, response.headers, b"".join(chunks), response.encoding)
-    finally:
-        response.close()  # an unread remainder closes the connection instead of being drained
 
 
 class _Exchange:
@@ -240,15 +156,15 @@ class _Exchange:
         data = kwargs.pop("data", None)
         policy = f.policy
 
-        def send(read_timeout: float) -> _Received:
-            return _read_capped(
+        def send(read_timeout: float) -> Received:
+            return read_capped(
                 session.request(
                     method, url, params=params, data=data, headers=headers,
                     timeout=(policy.connect_timeout, read_timeout), allow_redirects=False, stream=True,
                 )
             )  # fmt: skip
 
-        def on_retry(attempt: int, resp: _Received | None, err: Exception | None, wait: float) -> None:
+        def on_retry(attempt: int, resp: Received | None, err: Exception | None, wait: float) -> None:
             what = f"answered {resp.status_code}" if resp is not None else f"did not answer ({type(err).__name__})"
             if resp is not None and resp.status_code == HTTPStatus.NOT_FOUND and f.identity.selected_by == "argument":
                 _log.warning(
@@ -270,10 +186,10 @@ class _Exchange:
                 on_retry=on_retry,
                 give_up_on_first_error=f.unavailable_if_silent,
             )
-        except _OversizedError as exc:
+        except OversizedError as exc:
             raise self._oversized(exc) from None
         response = outcome.response
-        if not isinstance(response, _Received):
+        if not isinstance(response, Received):
             raise self._no_response(outcome.error, outcome.attempts, outcome.elapsed, exhausted=outcome.exhausted)
         return self._interpret(response, outcome.attempts, outcome.elapsed)
 
@@ -297,7 +213,7 @@ class _Exchange:
             retryable=True,
         )
 
-    def _oversized(self, exc: _OversizedError) -> errors.TokenRequestError:
+    def _oversized(self, exc: OversizedError) -> errors.TokenRequestError:
         f = self._f
         size = f"{exc.declared} bytes" if exc.declared is not None else "more than that"
         return errors.TokenRequestError(
@@ -310,7 +226,7 @@ class _Exchange:
             status_code=exc.status,
         )
 
-    def _interpret(self, response: _Received, attempts: int, elapsed: float) -> _Answer:
+    def _interpret(self, response: Received, attempts: int, elapsed: float) -> _Answer:
         """Return a 200 (normalised) or Arc's challenge to msal; raise our error for anything else."""
         f = self._f
         status = response.status_code
@@ -417,11 +333,11 @@ class _Exchange:
             name=name,
         )
 
-    def _normalised(self, body: dict[str, Any], response: _Received) -> _Answer:
+    def _normalised(self, body: dict[str, Any], response: Received) -> _Answer:
         f = self._f
         token = body.get("access_token")
-        expires_on = _parse_epoch(body.get("expires_on"))
-        expires_in = _parse_epoch(body.get("expires_in"))
+        expires_on = parse_epoch(body.get("expires_on"))
+        expires_in = parse_epoch(body.get("expires_in"))
         now = f.clock()
         if expires_on is None and expires_in is not None:
             expires_on = int(now) + expires_in
@@ -435,7 +351,7 @@ class _Exchange:
                 endpoint=f.identity.endpoint,
                 status_code=200,
             )
-        refresh_in = _parse_epoch(body.get("refresh_in"))
+        refresh_in = parse_epoch(body.get("refresh_in"))
         self.expires_on = expires_on
         self.refresh_in = refresh_in
         normalised = dict(body)
