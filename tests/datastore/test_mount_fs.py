@@ -26,6 +26,7 @@ pytestmark = pytest.mark.azurite
 TOKEN_LIFETIME_S = 60
 FUSE_READ = 128 * 1024  # what the kernel asks for per read
 STEP_S = 1  # emulated seconds per read: the reader is slow (a training step between reads); 8 MiB blocks: 64 reads each
+MIB = 1 << 20
 
 
 def _filesystem(client, store, **options) -> BlobFilesystem:
@@ -170,3 +171,88 @@ def test_listings_beyond_the_memory_bound_are_dropped_least_recently_used_first(
     fs.readdir("/b", 0)
     assert listings() == before + 1  # dropped, listed again
     fs.close()
+
+
+def _staging_on_small_disk(store, azurite, staging, capacity):
+    """An rw file system whose staging folder is on an emulated disk of ``capacity`` bytes (and its free())."""
+
+    def free(_path: str) -> int:
+        return capacity - sum(p.stat().st_size for p in staging.iterdir())
+
+    client = BlobRestClient(
+        azurite.blob_endpoint("devstoreaccount1"),
+        BearerToken(default_credential()),
+        ssl_context=ssl.create_default_context(cafile=str(azurite.tls.cert)),
+    )
+    fs = _filesystem(client, store, mode="rw", staging_dir=str(staging), reserve_bytes=0, free_space=free)
+    return fs, free
+
+
+def _write_until_it_fails(fs, fh) -> tuple[int, OSError]:
+    written = [0]
+
+    def write_forever() -> None:
+        while True:
+            written[0] += fs.write(None, b"\0" * MIB, written[0], fh)
+
+    with pytest.raises(OSError) as caught:
+        write_forever()
+    return written[0], caught.value
+
+
+def test_a_write_that_fills_the_staging_disk_gives_the_space_back_before_release_and_uploads_nothing(
+    storage_job, store, azurite, tmp_path
+):
+    # The kernel sends RELEASE (which drops a staging file) only after close() has returned, so the space of a
+    # file whose write failed must come back without it: here release is never called before the next write.
+    staging = tmp_path / "staging"
+    fs, free = _staging_on_small_disk(store, azurite, staging, 20 * MIB)
+    big = fs.create("/big.bin", 0o644)
+    written, caught = _write_until_it_fails(fs, big)
+    assert caught.errno == errno.ENOSPC
+    assert written >= 16 * MIB  # blocks were already being sent while it was written
+    assert free(str(staging)) == 20 * MIB  # the space is back at once
+    with pytest.raises(OSError) as again:
+        fs.write(None, b"more", written, big)
+    assert again.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as closed:
+        fs.flush(None, big)  # close(): the file is not stored, and the writer is told so
+    assert closed.value.errno == errno.ENOSPC
+    fs.unlink("/big.bin")
+    small = fs.create("/small.txt", 0o644)
+    assert fs.write(None, b"still works", 0, small) == len(b"still works")
+    fs.flush(None, small)
+    fs.release(None, small)
+    fs.release(None, big)  # late, as the kernel may send it
+    fs.close()
+    assert store.contents("data/") == {"small.txt": b"still works"}
+
+
+def test_a_file_whose_write_hit_enospc_is_written_afresh_when_opened_with_o_trunc(
+    storage_job, store, azurite, tmp_path
+):
+    staging = tmp_path / "staging"
+    fs, _ = _staging_on_small_disk(store, azurite, staging, 4 * MIB)
+    fh = fs.create("/a.bin", 0o644)
+    with pytest.raises(OSError):
+        fs.write(None, b"x" * (5 * MIB), 0, fh)
+    with pytest.raises(OSError):
+        fs.flush(None, fh)
+    fs.release(None, fh)
+    assert fs.getattr("/a.bin")["st_size"] == 0  # still there (empty, never uploaded) to be deleted or rewritten
+    again = fs.open("/a.bin", os.O_WRONLY | os.O_TRUNC)
+    fs.write(None, b"fits", 0, again)
+    fs.flush(None, again)
+    fs.release(None, again)
+    gone = fs.create("/b.bin", 0o644)
+    with pytest.raises(OSError):
+        fs.write(None, b"x" * (5 * MIB), 0, gone)
+    with pytest.raises(OSError):
+        fs.flush(None, gone)
+    fs.release(None, gone)
+    fs.unlink("/b.bin")  # deleted after release: its kept staging file goes too
+    assert list(staging.iterdir()) == []
+    with pytest.raises(FileNotFoundError):
+        fs.getattr("/b.bin")
+    fs.close()
+    assert store.contents("data/") == {"a.bin": b"fits"}

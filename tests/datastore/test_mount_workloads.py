@@ -208,7 +208,9 @@ def test_a_full_staging_disk_is_enospc_to_the_writer_and_the_mount_keeps_working
         with pytest.raises(OSError) as caught:
             _write_repeatedly(fd, chunk, 64)  # 64 MiB onto a 24 MiB disk
         assert caught.value.errno == errno.ENOSPC
-        os.close(fd)
+        with pytest.raises(OSError) as closed:
+            os.close(fd)  # the file is not stored (never a truncated blob), and close() says so
+        assert closed.value.errno == errno.ENOSPC
         (m.path / "big.bin").unlink()
         (m.path / "small.txt").write_bytes(b"still works")  # the space came back
         assert (m.path / "small.txt").read_bytes() == b"still works"

@@ -219,7 +219,7 @@ class BlobFilesystem(WriteOperations):
             handle = self._handles.pop(fh, None)
         if isinstance(handle, Writer):
             try:
-                if handle.writable:
+                if handle.writable and not handle.staged.failed:  # a failed write was reported already
                     self._commit(handle.staged)
             except OSError as exc:
                 _log.error("%s could not be committed when it was closed: %s", handle.staged.blob, exc)

@@ -11,7 +11,12 @@ open and never closed is not in storage, and a killed mount leaves only uncommit
 see (the service drops them after a week).
 
 Staging never takes the last of its disk: a write that would leave less than the reserve free fails with
-``ENOSPC``, as does a write the disk itself refuses.
+``ENOSPC``, as does a write the disk itself refuses. A file whose write failed that way is never uploaded (a
+truncated blob would look complete): its staging file is emptied at once, so the space is back before the writer
+even closes it (the kernel's ``release``, which drops the staging file, comes after ``close()`` returns), its
+pending block uploads are cancelled, later writes fail with ``ENOSPC`` too and closing it reports ``ENOSPC``;
+it stays there, empty and on this node only, until it is deleted or opened with ``O_TRUNC`` (``open(..., "w")``),
+which starts it afresh. Deleting a file still being written cancels its pending block uploads.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class Staged:
     refs: int = 0
     dirty: bool = False
     unlinked: bool = False
+    failed: bool = False  # a write hit ENOSPC: never uploaded (see the module docstring)
     metadata: Mapping[str, str] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     # Blocks staged in storage while the file was written: index -> (block id, write generation sent).
@@ -165,7 +171,7 @@ class StagingArea:
             staged_files = list(self._staged.values())
             self._staged.clear()
         for staged in staged_files:
-            if staged.dirty and not staged.unlinked:
+            if staged.dirty and not staged.unlinked and not staged.failed:
                 _log.warning(
                     "%s was still open for writing when the mount ended; its unclosed content was not "
                     "uploaded (a half-written file never becomes a blob)",
@@ -233,13 +239,18 @@ class StagingArea:
         return Entry(is_dir=False, size=info.st_size, mtime=info.st_mtime)
 
     def drop_ref(self, staged: Staged) -> None:
-        """One reference fewer; the last one removes the staging file."""
+        """One reference fewer; the last one removes the staging file (not a failed one's: see :meth:`forget`)."""
         with self._lock:
             staged.refs -= 1
             if staged.refs > 0:
                 return
             if self._staged.get(staged.path) is staged:
+                if staged.failed:  # kept, empty, so that the path is there to delete or write again
+                    return
                 del self._staged[staged.path]
+        self._remove(staged)
+
+    def _remove(self, staged: Staged) -> None:
         with contextlib.suppress(OSError):
             os.close(staged.fd)
         with contextlib.suppress(OSError):
@@ -251,7 +262,34 @@ class StagingArea:
             staged = self._staged.pop(path, None)
             if staged is not None:
                 staged.unlinked = True
-            return staged
+            closed = staged is not None and staged.refs <= 0  # a failed write's, kept by drop_ref
+        if staged is not None:
+            self._cancel_pending(staged)
+            if closed:
+                self._remove(staged)
+        return staged
+
+    def _cancel_pending(self, staged: Staged) -> None:
+        """Cancel the block uploads of ``staged`` not started yet (it will never be committed)."""
+        with staged.blocks_lock:
+            pending, staged.pending = staged.pending, []
+            staged.sent.clear()
+        for future in pending:
+            future.cancel()
+
+    def _fail(self, staged: Staged) -> None:
+        """A write of ``staged`` hit ``ENOSPC``: give its space back now and never upload it."""
+        with staged.lock:
+            staged.failed = True
+            self._cancel_pending(staged)
+            with contextlib.suppress(OSError):
+                os.ftruncate(staged.fd, 0)
+        _log.error(
+            "%s: a write found the staging disk full; the file will not be uploaded and its staged content was "
+            "dropped to give the space back (free space on %s, then write the file again)",
+            staged.blob,
+            self.directory(),
+        )
 
     def move(self, old: str, new: str, new_blob: str) -> Staged | None:
         """``old`` was renamed to ``new``: its staging file (if any) is committed under the new name."""
@@ -271,9 +309,21 @@ class StagingArea:
     # -- writing ----------------------------------------------------------------------------------------------
 
     def write(self, staged: Staged, data: bytes, offset: int) -> int:
-        """Write to the staging file; send the blocks the writer has gone past."""
-        self.require_room(len(data))
-        written = os.pwrite(staged.fd, data, offset)
+        """Write to the staging file; send the blocks the writer has gone past.
+
+        Raises:
+            OSError: ``ENOSPC``: the staging disk is full, now or at an earlier write of this file (which is then
+                never uploaded, see the module docstring).
+        """
+        if staged.failed:
+            raise os_error(errno.ENOSPC)
+        try:
+            self.require_room(len(data))
+            written = os.pwrite(staged.fd, data, offset)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._fail(staged)
+            raise
         end = offset + written
         first, last = offset // UPLOAD_BLOCK_BYTES, (end - 1) // UPLOAD_BLOCK_BYTES
         with staged.blocks_lock:
@@ -285,9 +335,11 @@ class StagingArea:
         return written
 
     def truncate(self, staged: Staged, length: int) -> None:
-        """Truncate the staging file (blocks from the new end on must be sent again)."""
+        """Truncate the staging file (blocks from the new end on must be sent again; 0 clears a failed write)."""
         with staged.lock:
             os.ftruncate(staged.fd, length)
+            if length == 0 and staged.refs > 0:  # open(..., "w") of a failed file: written afresh
+                staged.failed = False
             with staged.blocks_lock:
                 for index in [i for i in staged.generation if i >= length // UPLOAD_BLOCK_BYTES]:
                     staged.generation[index] += 1
@@ -318,10 +370,15 @@ class StagingArea:
         """Upload the staging file as the blob if it changed since the last commit; return its new entry.
 
         Raises:
-            OSError: The upload failed (the errno for it); the file stays dirty, to be committed again.
+            OSError: The upload failed (the errno for it); the file stays dirty, to be committed again. ``ENOSPC``:
+                a write of the file failed on a full staging disk, so it is not uploaded.
         """
         with staged.lock:
-            if not staged.dirty or staged.unlinked:
+            if staged.unlinked:
+                return None
+            if staged.failed:
+                raise os_error(errno.ENOSPC, staged.blob)
+            if not staged.dirty:
                 return None
             staged.dirty = False
             size = os.fstat(staged.fd).st_size
