@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -48,9 +47,9 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from aml_identity.datastore import mount
 from aml_identity.testing.azurite import DEVSTORE_ACCOUNT, Azurite
 from aml_identity.testing.identity_endpoint import IdentityEndpoint
+from bench._jobenv import job_environ
 from bench._report import PERFORMANCE_MD, machine, update_section, versions
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTAINER = "bench-mount"
 BIG = "big.bin"
 SMALL_DIR = "small"
@@ -62,21 +61,6 @@ WRITE_MIB = 64
 WRITE_SOURCE: list[Path] = []  # the local file of random bytes the write workload copies (set by run())
 
 Workload = Callable[[Path], float]
-
-
-def _environ(azurite: Azurite, endpoint: IdentityEndpoint, cache: Path) -> dict[str, str]:
-    environ = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MSI_", "IDENTITY_", "AZURE_", "DEFAULT_IDENTITY"))
-    }
-    environ.update(endpoint.azureml_environ())
-    environ.update(azurite.tls.environ())
-    environ.update(
-        AML_IDENTITY_BLOB_ENDPOINTS=json.dumps({DEVSTORE_ACCOUNT: azurite.blob_endpoint()}),
-        AML_IDENTITY_CACHE_DIR=str(cache),
-        AML_IDENTITY_LOOPBACK_ONLY="1",
-        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    )
-    return environ
 
 
 def _timed(command: list[str]) -> float:
@@ -279,7 +263,7 @@ def run(big_mib: int, small_count: int, runs: int) -> tuple[list[str], dict[str,
             peers["rclone (vfs full)"] = lambda rw: _rclone(azurite, scratch, "full", rw=rw)
         saved = dict(os.environ)
         os.environ.clear()
-        os.environ.update(_environ(azurite, endpoint, scratch / "tokens"))
+        os.environ.update(job_environ(azurite, endpoint, azurite.blob_endpoint(), scratch / "tokens"))
         try:
             for _ in range(runs):
                 for template, _unit, workload, _higher in WORKLOADS:

@@ -40,10 +40,10 @@ from azure.storage.blob import BlobServiceClient
 from aml_identity.datastore import mount
 from aml_identity.testing import Azurite, Fault, IdentityEndpoint, StorageAuthProxy, StorageFault
 from aml_identity.testing.azurite import DEVSTORE_ACCOUNT
+from bench._jobenv import ROOT, job_environ
 from bench._report import machine, update_section, versions
 from bench.reliability import RELIABILITY_MD, ensure_page
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTAINER = "soak"
 PREFIX = "data/"
 # The data set: small enough to seed in a second, varied enough that reads are not all one size.
@@ -68,21 +68,6 @@ IDENTITY_FAULTS = (
     Fault.hang(3.0),
     Fault.status(404),
 )
-
-
-def _environ(azurite: Azurite, endpoint: IdentityEndpoint, proxy: StorageAuthProxy, cache: Path) -> dict[str, str]:
-    environ = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MSI_", "IDENTITY_", "AZURE_", "DEFAULT_IDENTITY"))
-    }
-    environ.update(endpoint.azureml_environ())
-    environ.update(azurite.tls.environ())
-    environ.update(
-        AML_IDENTITY_BLOB_ENDPOINTS=json.dumps({DEVSTORE_ACCOUNT: proxy.blob_endpoint()}),
-        AML_IDENTITY_CACHE_DIR=str(cache),
-        AML_IDENTITY_LOOPBACK_ONLY="1",
-        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    )
-    return environ
 
 
 def _seed(azurite: Azurite, manifest: Path) -> None:
@@ -171,7 +156,7 @@ def run(minutes: float, processes: int, lifetime: int, fault_every: float, rate:
         workdir = Path(tmp)
         manifest = workdir / "manifest.json"
         _seed(azurite, manifest)
-        environ = _environ(azurite, endpoint, proxy, workdir / "token-cache")
+        environ = job_environ(azurite, endpoint, proxy.blob_endpoint(), workdir / "token-cache")
         uri = f"https://{DEVSTORE_ACCOUNT}.blob.core.windows.net/{CONTAINER}/{PREFIX}"
         with mount(uri, workdir / "mnt", attr_timeout=MOUNT_ATTR_TIMEOUT_S, environ=environ) as mounted:
             start_read, start_write = os.pipe()
