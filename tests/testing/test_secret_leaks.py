@@ -84,7 +84,8 @@ def test_a_test_that_leaks_fails_and_one_that_does_not_passes(pytester):
             print(token())
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    # -rN: no short summary, whose lines pytest leaves untruncated under CI=true (the message would count twice).
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-rN")
     result.assert_outcomes(passed=2, failed=4)  # no errors: each leak fails the phase it happened in, once
     output = result.stdout.str()
     assert output.count("Secret leak in call") == 4

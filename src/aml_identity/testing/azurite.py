@@ -32,6 +32,8 @@ DEVSTORE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 10.0
 _READY_POLL_S = 0.05
+# Ports tried when the one chosen free is taken before Azurite binds it (a rare race with other servers).
+_PORT_ATTEMPTS = 3
 
 
 class AzuriteNotFoundError(AmlIdentityError, FileNotFoundError):
@@ -125,6 +127,8 @@ class Azurite:
         self.accounts: dict[str, str] = {DEVSTORE_ACCOUNT: DEVSTORE_KEY}
         for name, key in (accounts or {}).items():
             self.accounts[name] = key or base64.b64encode(os.urandom(32)).decode()
+        self._port_chosen = port is None
+        self._started = False
         self.port = port or _free_port()
         self.in_memory = in_memory
         self._executable = executable
@@ -143,7 +147,11 @@ class Azurite:
         )
 
     def start(self) -> Azurite:
-        """Start Azurite and wait until it listens.
+        """Start Azurite and wait until it answers a TLS handshake with its own certificate.
+
+        A port chosen free here can be taken by another server before Azurite binds it (the kernel hands a
+        just-released port out again); Azurite then exits with ``EADDRINUSE`` and, when the port was not given
+        explicitly, it is started again on another free port.
 
         Returns:
             ``self``.
@@ -152,6 +160,20 @@ class Azurite:
             AzuriteNotFoundError: Azurite is not installed.
             AmlIdentityError: It did not start; the message quotes its log.
         """
+        # A restart keeps its port (clients hold the endpoint), so only a first start moves to another one.
+        may_move = self._port_chosen and not self._started
+        for _ in range(_PORT_ATTEMPTS):
+            if self._launch():
+                self._started = True
+                return self
+            if not may_move:
+                break
+            self.port = _free_port()
+        self._fail(f"could not listen on port {self.port}: another process holds it")
+        return self  # unreachable; _fail raises
+
+    def _launch(self) -> bool:
+        """Start the process on ``self.port``; True once it answers, False when the port was taken."""
         executable = self._executable or find_azurite()
         args = [
             str(executable),
@@ -172,22 +194,34 @@ class Azurite:
             args += ["--location", str(data)]
         env = dict(os.environ)
         env["AZURITE_ACCOUNTS"] = ";".join(f"{name}:{key}" for name, key in self.accounts.items())
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")  # appended: a restart keeps the earlier run's log
         self._process = subprocess.Popen(  # noqa: S603 - fixed argument list, our own executable
             args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir, start_new_session=True
         )
         log.close()
+        # Our own certificate: a handshake that verifies proves this Azurite answers, not whatever else listens.
+        context = self.tls.client_context()
+        context.check_hostname = False
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                with self.log_path.open("rb") as f:
+                    f.seek(log_start)
+                    if b"EADDRINUSE" in f.read():
+                        self._process = None
+                        return False
                 self._fail("exited during start-up")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
+                with (
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock,
+                    context.wrap_socket(sock),
+                ):
+                    return True
+            except OSError:  # refused, reset, or a handshake with a server that is not this Azurite (SSLError)
                 time.sleep(_READY_POLL_S)  # polling a child process for readiness, not test timing
         self._fail(f"did not listen on port {self.port} within {_START_TIMEOUT_S:.0f} s")
-        return self  # unreachable; _fail raises
+        return False  # unreachable; _fail raises
 
     def _fail(self, what: str) -> None:
         log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
