@@ -15,6 +15,7 @@ import logging
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -73,6 +74,14 @@ class LoopbackHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         """Stay quiet: the emulators record requests themselves."""
+
+    def reset_connection(self) -> None:
+        """Abort the connection with a TCP RST (a scripted fault): ``SO_LINGER`` on with 0 s, close, no shutdown."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()  # drop the makefile references so close() below really closes the descriptor
+        self.wfile.close()
+        self.connection.close()
 
 
 class LoopbackServer(ThreadingHTTPServer):

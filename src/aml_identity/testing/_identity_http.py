@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import struct
 from typing import TYPE_CHECKING, Any
 
 from aml_identity.errors import redact
@@ -77,14 +76,6 @@ class TokenHandler(LoopbackHandler):
             self.wfile.flush()
         except OSError:
             return
-
-    def reset_connection(self) -> None:
-        """Abort the connection with a TCP RST: ``SO_LINGER`` on with 0 s, then close without a shutdown."""
-        self.close_connection = True
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.rfile.close()  # drop the makefile reference so close() below really closes the descriptor
-        self.wfile.close()
-        self.connection.close()
 
     def peer_closed(self) -> bool:
         """Return whether the client has hung up (EOF or reset waiting on the socket)."""

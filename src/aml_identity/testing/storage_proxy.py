@@ -34,9 +34,7 @@ body. The requests that met a fault are recorded with it (:attr:`ProxiedRequest.
 from __future__ import annotations
 
 import http.client
-import socket
 import ssl
-import struct
 import threading
 import time
 import uuid
@@ -307,7 +305,7 @@ class _Handler(LoopbackHandler):
         proxy = self.server.proxy
         if fault.kind == "reset":
             proxy.record(ProxiedRequest(**{**seen.__dict__, "status": 0, "fault": "reset"}))
-            self._abort()
+            self.reset_connection()
             return
         self._drain()
         proxy.record(ProxiedRequest(**{**seen.__dict__, "status": fault.code, "fault": "status"}))
@@ -345,15 +343,7 @@ class _Handler(LoopbackHandler):
         if self._upstream is not None:  # the rest of the body is still on that connection: drop it
             self._upstream.close()
             self._upstream = None
-        self._abort()
-
-    def _abort(self) -> None:
-        """Abort the connection with a TCP RST: ``SO_LINGER`` on with 0 s, then close without a shutdown."""
-        self.close_connection = True
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.rfile.close()  # drop the makefile references so close() below really closes the descriptor
-        self.wfile.close()
-        self.connection.close()
+        self.reset_connection()
 
     def _deny(self, code: str, auth_detail: str) -> None:
         request_id = str(uuid.uuid4())
