@@ -6,10 +6,8 @@ See ``docs/datastores.md``. Each name is imported on first use (so ``aml-identit
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
-from aml_identity._fork import after_fork_in_child
 from aml_identity._lazy import exports
 
 if TYPE_CHECKING:
@@ -46,14 +44,3 @@ __getattr__, __dir__ = exports(
         "upload_on_exit": "aml_identity.datastore.transfer",
     },
 )
-
-
-@after_fork_in_child
-def _reseed_storage_jitter() -> None:
-    """Give a forked child its own backoff jitter, so forked workers do not retry storage in lockstep.
-
-    The generator is ``datastore._rest._RNG``; this hook belongs there (move it when that module is next edited).
-    """
-    rest = sys.modules.get("aml_identity.datastore._rest")
-    if rest is not None:
-        rest._RNG.seed()  # noqa: SLF001 - see the docstring

@@ -30,6 +30,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 from aml_identity import __version__
+from aml_identity._fork import after_fork_in_child
 from aml_identity._retry import RetryPolicy, call_with_retries
 from aml_identity.datastore._bearer import STORAGE_SCOPE, BearerToken
 from aml_identity.datastore._blob_answers import (
@@ -98,6 +99,12 @@ STORAGE_RETRY_POLICY = RetryPolicy(
 # List Blobs page size: the service maximum, fewest round trips.
 LIST_PAGE_SIZE = 5000
 _RNG = random.Random()  # noqa: S311 - backoff jitter, not cryptography
+
+
+@after_fork_in_child
+def _reseed_jitter() -> None:
+    """Give a forked child its own backoff jitter, so forked workers do not retry storage in lockstep."""
+    _RNG.seed()
 
 
 class _Answer:
