@@ -8,8 +8,14 @@ emulators or an identity-endpoint secret (``aml_identity.testing._secrets``).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+import aml_identity
 from aml_identity.testing import _guard
 from aml_identity.testing._secrets import find_leaks
 
@@ -58,6 +64,22 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("AML_IDENTITY_CACHE_DIR", str(tmp_path / "token-cache"))
     monkeypatch.setenv("AML_IDENTITY_LOOPBACK_ONLY", "1")
     return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def run_bench():
+    """Run ``python -m bench ARGS...`` from the checkout, as a user re-runs a benchmark; return the process."""
+    root = Path(__file__).resolve().parents[1]
+    src = str(Path(aml_identity.__file__).resolve().parents[1])
+
+    def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        environ = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(root), os.environ.get("PYTHONPATH", "")])}
+        return subprocess.run(
+            [sys.executable, "-m", "bench", *args],
+            cwd=root, env=environ, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    return run
 
 
 @pytest.fixture

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import aml_identity
-
-ROOT = Path(__file__).resolve().parents[1]
-SRC = str(Path(aml_identity.__file__).resolve().parents[1])
-
-
-def test_quick_import_benchmark_measures_every_row_and_writes_its_section(tmp_path):
+def test_quick_import_benchmark_measures_every_row_and_writes_its_section(tmp_path, run_bench):
     output = tmp_path / "performance.md"
     output.write_text(
         "# Performance\n\n<!-- bench:tokens:start -->\n## Token acquisition\nkept\n<!-- bench:tokens:end -->\n"
     )
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "imports", "--quick", "--output", str(output)],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_bench("imports", "--quick", "--output", str(output), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = output.read_text()
     assert "## Token acquisition\nkept" in text  # the other benchmark's section is left alone

@@ -9,16 +9,12 @@ retry jitter, so only the outcome and the bound are compared.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-import aml_identity
 from aml_identity import RetryPolicy, TokenRequestError, default_credential, errors
 from aml_identity._fetch import MAX_RESPONSE_BYTES
 from aml_identity._tokens import MANDATORY_WINDOW_S, NodeCache, TokenStore, new_token
@@ -26,7 +22,6 @@ from aml_identity.testing import FakeClock
 from aml_identity.testing.identity_endpoint import Fault
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = str(Path(aml_identity.__file__).resolve().parents[1])
 PAGE = ROOT / "docs" / "reliability.md"
 STORAGE = "https://storage.azure.com/.default"
 _HEADINGS = {
@@ -57,25 +52,21 @@ SINGLE = [r for r in ROWS if r[0].endswith("-1")]
 HERD = [r for r in ROWS if r[0].endswith("-16")]
 
 
-def run_matrix(modes: str, tmp_path: Path) -> dict[tuple[str, str], dict]:
+def run_matrix(run_bench, modes: str, tmp_path: Path) -> dict[tuple[str, str], dict]:
     out = tmp_path / "rows.json"
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "faults", "--modes", modes, "--no-write", "--json", str(out)],
-        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
+    result = run_bench("faults", "--modes", modes, "--no-write", "--json", str(out), timeout=900)
     assert out.exists(), result.stderr[-3000:]
     return {(r["mode"], r["title"]): r for r in json.loads(out.read_text())}
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    return run_matrix("sync-1,async-1", tmp_path_factory.mktemp("matrix"))
+def single(tmp_path_factory, run_bench):
+    return run_matrix(run_bench, "sync-1,async-1", tmp_path_factory.mktemp("matrix"))
 
 
 @pytest.fixture(scope="module")
-def herd(tmp_path_factory):
-    return run_matrix("sync-16,async-16", tmp_path_factory.mktemp("herd"))
+def herd(tmp_path_factory, run_bench):
+    return run_matrix(run_bench, "sync-16,async-16", tmp_path_factory.mktemp("herd"))
 
 
 def test_the_page_covers_every_fault_in_every_mode_and_every_row_ends_within_the_bound():

@@ -7,36 +7,18 @@ script for 60 seconds, so it cannot rot and a regression that fails reads under 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-import aml_identity
-
-ROOT = Path(__file__).resolve().parents[1]
-SRC = str(Path(aml_identity.__file__).resolve().parents[1])
 
 pytestmark = [pytest.mark.azurite, pytest.mark.fuse, pytest.mark.slow]
 
 
-def test_a_one_minute_soak_has_no_failed_read_and_one_token_per_refresh_interval(tmp_path):
+def test_a_one_minute_soak_has_no_failed_read_and_one_token_per_refresh_interval(tmp_path, run_bench):
     output = tmp_path / "reliability.md"
     output.write_text("# Reliability\n\n<!-- bench:faults:start -->\nkept\n<!-- bench:faults:end -->\n")
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(ROOT), os.environ.get("PYTHONPATH", "")])}
     counts_file = tmp_path / "soak.json"
-    command = ["bench", "soak", "--minutes", "1", "--output", str(output), "--json", str(counts_file)]
-    result = subprocess.run(
-        [sys.executable, "-m", *command],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    command = ["soak", "--minutes", "1", "--output", str(output), "--json", str(counts_file)]
+    result = run_bench(*command, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     counts = json.loads(counts_file.read_text())
     assert (counts["sdk_failed"], counts["mount_failed"], counts["storage_403"]) == (0, 0, 0), counts["errors"]
