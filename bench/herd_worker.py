@@ -2,7 +2,9 @@
 
 Creates its credentials (one per thread, or one per process shared by its threads), prints ``ready``,
 blocks until the parent closes the start pipe, then every thread asks for a token at once. Prints one JSON
-line: each thread's outcome and time-to-token.
+line: each thread's outcome and time-to-token, and whether this process loaded the endpoint client (msal).
+With ``--exit-fd`` it then waits for the parent to close that pipe before it exits, so that the interpreter
+shutdown of the processes done first does not take the CPU from those still waking up.
 
 Clients: ``aml-identity`` (aml_identity.default_credential), ``azure-identity``
 (azure.identity.ManagedIdentityCredential with the job's client id, as Microsoft's docs advise) and ``msal``
@@ -30,7 +32,8 @@ def _factory(client: str, clock_offset: float) -> Callable[[], Callable[[str], s
             return time.time() + clock_offset
 
         def make_aml() -> Callable[[str], str]:
-            credential = default_credential(clock=clock)
+            # A job's credential has no injected clock; only the skewed-clock test passes one.
+            credential = default_credential(clock=clock if clock_offset else None)
             return lambda scope: credential.get_token(scope).token
 
         return make_aml
@@ -71,6 +74,7 @@ def main() -> None:
     parser.add_argument("--go-fd", type=int, required=True)
     parser.add_argument("--clock-offset", type=float, default=0.0)
     parser.add_argument("--scope", default="https://storage.azure.com/.default")
+    parser.add_argument("--exit-fd", type=int, default=None, help="exit when the parent closes this pipe")
     args = parser.parse_args()
 
     make = _factory(args.client, args.clock_offset)
@@ -104,7 +108,11 @@ def main() -> None:
     go.set()
     for thread in threads:
         thread.join()
-    sys.stdout.write(json.dumps(results) + "\n")
+    loaded = "msal" in sys.modules
+    sys.stdout.write(json.dumps([{**result, "endpoint_client_loaded": loaded} for result in results]) + "\n")
+    sys.stdout.flush()
+    if args.exit_fd is not None:
+        os.read(args.exit_fd, 1)  # returns when the parent closes the pipe, after every process has reported
 
 
 if __name__ == "__main__":

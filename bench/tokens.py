@@ -103,22 +103,33 @@ class HerdResult:
     p99_seconds: float
     wall_seconds: float
     first_error: str
+    loaded_client: int  # how many of the processes loaded the endpoint client (msal)
     load: float  # the machine's 1-minute load average when the herd started (the machine may be shared)
 
 
-def herd(endpoint: IdentityEndpoint, client: str, per: str, processes: int, threads: int) -> HerdResult:
-    """Start processes x threads callers together on a cold cache and count what the endpoint saw."""
+def herd(
+    endpoint: IdentityEndpoint, client: str, per: str, processes: int, threads: int, *, hold: bool = True
+) -> HerdResult:
+    """Start processes x threads callers together on a cold cache and count what the endpoint saw.
+
+    With ``hold`` every worker stays alive until all have reported, so that the interpreter shutdown of the
+    first ones done does not compete for the CPU with those still getting their token.
+    """
     endpoint.reset_requests()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="aml-herd-") as cache:
         environ = _job_environ(endpoint, Path(cache))
         read_go, write_go = os.pipe()
+        read_exit, write_exit = os.pipe()
         command = [sys.executable, str(WORKER), "--client", client, "--threads", str(threads), "--per", per,
                    "--go-fd", str(read_go)]  # fmt: skip
+        if hold:
+            command += ["--exit-fd", str(read_exit)]
         children: list[subprocess.Popen[str]] = []
         try:
             children = [
-                subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, text=True, pass_fds=(read_go,))
+                subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, text=True,
+                                 pass_fds=(read_go, read_exit))  # fmt: skip
                 for _ in range(processes)
             ]
             for child in children:
@@ -128,11 +139,20 @@ def herd(endpoint: IdentityEndpoint, client: str, per: str, processes: int, thre
         finally:
             os.close(read_go)
             os.close(write_go)
+            os.close(read_exit)
         outcomes: list[dict[str, object]] = []
-        for child in children:
-            out, _ = child.communicate(timeout=600)
-            outcomes.extend(json.loads(out.strip().splitlines()[-1]))
-        wall = time.perf_counter() - start
+        loaded = 0
+        try:
+            for child in children:
+                assert child.stdout is not None  # noqa: S101 - opened above
+                reported = json.loads(child.stdout.readline())
+                outcomes.extend(reported)
+                loaded += any(o.get("endpoint_client_loaded") for o in reported)
+            wall = time.perf_counter() - start
+        finally:
+            os.close(write_exit)  # every held worker exits now
+            for child in children:
+                child.communicate(timeout=600)
     recorded = endpoint.requests
     errors = [str(o.get("error")) for o in outcomes if not o["ok"]]
     return HerdResult(
@@ -146,11 +166,12 @@ def herd(endpoint: IdentityEndpoint, client: str, per: str, processes: int, thre
         p99_seconds=_percentile([float(str(o["seconds"])) for o in outcomes], 0.99),
         wall_seconds=wall,
         first_error=errors[0] if errors else "",
+        loaded_client=loaded,
         load=load,
     )
 
 
-def _table(latency: dict[str, tuple[float, float]], herds: list[HerdResult], args: argparse.Namespace) -> str:
+def _table(latency: dict[str, tuple[float, float]], herds: list[tuple[HerdResult, HerdResult]], args: argparse.Namespace) -> str:
     ours = latency["aml-identity"][0]
     lines = [
         "## Token acquisition",
@@ -181,22 +202,27 @@ def _table(latency: dict[str, tuple[float, float]], herds: list[HerdResult], arg
             "Every caller starts at once (the processes block on one pipe that the benchmark closes). "
             "'per thread' gives each thread its own credential; 'per process' shares one credential between a "
             "process's threads (the setting of the azure-identity figure quoted in the issue). The clock starts "
-            "when the credentials exist (each worker creates them before it reports ready). 'load avg' is the "
-            "machine's 1-minute load average as the herd started: on a shared machine, compare rows of similar load."
+            "when the credentials exist (each worker creates them before it reports ready). Each herd runs twice: "
+            "'held', every worker stays alive until all have their outcome (the time to a token alone); 'exiting', "
+            "each worker exits as soon as its threads are done, and the interpreter shutdown of the first ones takes "
+            "the 2 cores from the callers still waking up. The other columns are the held run's. 'processes with "
+            "msal' counts the processes that loaded the endpoint client. 'load avg' is the machine's 1-minute load "
+            "average as the herd started: on a shared machine, compare rows of similar load."
         ),
         "",
         (
             "| client | credential | processes x threads | endpoint requests | 429s | failed callers "
-            "| p99 time-to-token (s) | wall (s) | load avg |"
+            "| p99 time-to-token, held (s) | p99, exiting (s) | processes with msal | wall (s) | load avg |"
         ),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for h in herds:
+    for h, exiting in herds:
         lines.append(
             f"| {h.client} | per {h.per} | {h.processes} x {h.threads} | {h.requests} | {h.throttled} | {h.failed} | "
-            f"{h.p99_seconds:.2f} | {h.wall_seconds:.1f} | {h.load:.1f} |"
+            f"{h.p99_seconds:.2f} | {exiting.p99_seconds:.2f} | {h.loaded_client} | {h.wall_seconds:.1f} | "
+            f"{h.load:.1f} |"
         )
-    failures = {h.client: h.first_error for h in herds if h.first_error}
+    failures = {h.client: h.first_error for h, _ in herds if h.first_error}
     if failures:
         lines += ["", "First error seen per client:", ""]
         lines += [f"- {client}: `{error}`" for client, error in failures.items()]
@@ -224,10 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         for processes, threads in herd_sizes:
             for client, per in (("aml-identity", "thread"), ("aml-identity", "process"),
                                 ("azure-identity", "process"), ("msal", "process")):  # fmt: skip
-                result = herd(endpoint, client, per, processes, threads)
-                print(f"{client:15} per {per:7} {processes}x{threads}: {result.requests} requests, "
-                      f"{result.throttled} 429s, {result.failed} failed, p99 {result.p99_seconds:.2f} s")  # fmt: skip
-                herds.append(result)
+                held = herd(endpoint, client, per, processes, threads)
+                exiting = herd(endpoint, client, per, processes, threads, hold=False)
+                print(f"{client:15} per {per:7} {processes}x{threads}: {held.requests} requests, "
+                      f"{held.throttled} 429s, {held.failed} failed, p99 {held.p99_seconds:.2f} s held, "
+                      f"{exiting.p99_seconds:.2f} s exiting, {held.loaded_client} processes with msal")  # fmt: skip
+                herds.append((held, exiting))
     for name in CLIENTS:
         print(f"cached get_token {name:15} median {latency[name][0]:.2f} us, p99 {latency[name][1]:.2f} us")
     update_section("tokens", _table(latency, herds, args), args.output)

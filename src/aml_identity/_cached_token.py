@@ -258,15 +258,23 @@ class FetchFailure:
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def error(self) -> AmlIdentityError:
-        """Return the error for a caller that waited on this failed fetch (a new instance per caller)."""
+    def error(self, *, asked: bool = False) -> AmlIdentityError:
+        """Return the error for a caller that waited on this failed fetch (a new instance per caller).
+
+        Args:
+            asked: The caller asked the node's fetch service for this fetch (rather than waiting on another
+                caller's); the message then says so.
+        """
         from aml_identity import errors  # noqa: PLC0415 - the Azure-based errors load on first use
 
         who = "this process" if self.pid == os.getpid() else f"process {self.pid} on this node"
-        message = (
-            f"{self.message} (This caller waited while {who} fetched the same token; that fetch failed after "
-            f"{self.attempts} request(s), so it was not repeated.)"
-        )
+        if asked:
+            message = f"{self.message} (Fetched for this process by the node's fetch service, {who}.)"
+        else:
+            message = (
+                f"{self.message} (This caller waited while {who} fetched the same token; that fetch failed after "
+                f"{self.attempts} request(s), so it was not repeated.)"
+            )
         if self.kind == "IdentityNotFoundError":
             return errors.IdentityNotFoundError(
                 message, identity=self.identity, endpoint=self.endpoint, status_code=self.status_code,

@@ -33,6 +33,7 @@ IMDS_HOST = "169.254.169.254"
 
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 # Where launchers put a process's rank on its node: torchrun and Azure ML, OpenMPI, MPICH/Intel MPI, Slurm.
 _LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
 # The most digits a local rank may have: int() refuses strings over 4300 digits (sys.get_int_max_str_digits);
@@ -58,6 +59,10 @@ def is_loopback_host(host: str) -> bool:
 
 def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in _TRUE
+
+
+def _flag_off(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "").strip().lower() in _FALSE
 
 
 def _get(environ: Mapping[str, str], name: str) -> str | None:
@@ -172,6 +177,8 @@ class JobEnvironment:
     arm_endpoint_overridden: bool = False
     allow_remote_identity_endpoint: bool = False
     loopback_only: bool = False
+    # AML_IDENTITY_FETCH_SERVICE=0 turns off the node's fetch service (aml_identity._fetch_service).
+    fetch_service: bool = True
     subscription_id: str | None = None
     resource_group: str | None = None
     workspace_name: str | None = None
@@ -240,6 +247,7 @@ class JobEnvironment:
             arm_endpoint_overridden=arm_raw is not None,
             allow_remote_identity_endpoint=_flag(env, "AML_IDENTITY_ALLOW_REMOTE_IDENTITY_ENDPOINT"),
             loopback_only=_flag(env, "AML_IDENTITY_LOOPBACK_ONLY"),
+            fetch_service=not _flag_off(env, "AML_IDENTITY_FETCH_SERVICE"),
             subscription_id=_get(env, "AZUREML_ARM_SUBSCRIPTION"),
             resource_group=_get(env, "AZUREML_ARM_RESOURCEGROUP"),
             workspace_name=_get(env, "AZUREML_ARM_WORKSPACE_NAME"),

@@ -8,7 +8,9 @@ themselves, so the list of what a child resets is in one place and the hooks run
 
 * :func:`after_fork_in_child` for module-level state (a lock, the process's HTTP session);
 * :func:`after_fork_in_child_while_alive` for long-lived objects (a credential, a file system, an upload
-  hook): the registry holds them weakly, so registering never keeps one alive.
+  hook): the registry holds them weakly, so registering never keeps one alive;
+* :func:`before_fork` for work that must not be in flight when the process forks (a background import: a
+  child forked mid-import inherits the module's import lock held by a thread it does not have).
 
 ``tests/test_architecture.py`` fails when a module calls :func:`os.register_at_fork` itself, and
 ``tests/distributed/test_fork_safety.py`` checks that every module-level lock is replaced in a child.
@@ -22,9 +24,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["after_fork_in_child", "after_fork_in_child_while_alive"]
+__all__ = ["after_fork_in_child", "after_fork_in_child_while_alive", "before_fork"]
 
 _hooks: list[Callable[[], None]] = []
+_before_hooks: list[Callable[[], None]] = []
 # Bound methods of live objects, by registration number (weak: an object that dies drops out by itself).
 _method_hooks: dict[int, weakref.WeakMethod[Callable[[], None]]] = {}
 _numbers = itertools.count()
@@ -58,6 +61,24 @@ def after_fork_in_child_while_alive(method: Callable[[], None]) -> None:
     _method_hooks[number] = weakref.WeakMethod(method, forget)
 
 
+def before_fork(hook: Callable[[], None]) -> Callable[[], None]:
+    """Run ``hook`` in the parent just before every fork from now on (usable as a decorator).
+
+    Args:
+        hook: Waits, briefly and with a bound, for work that a child must not inherit half done.
+
+    Returns:
+        ``hook`` itself.
+    """
+    _before_hooks.append(hook)
+    return hook
+
+
+def _run_before_hooks() -> None:
+    for hook in _before_hooks:
+        hook()
+
+
 def _run_hooks() -> None:
     for hook in _hooks:
         hook()
@@ -67,4 +88,4 @@ def _run_hooks() -> None:
             method()
 
 
-os.register_at_fork(after_in_child=_run_hooks)
+os.register_at_fork(before=_run_before_hooks, after_in_child=_run_hooks)

@@ -61,6 +61,7 @@ __all__ = [
     "REFRESH_BEFORE_EXPIRY_S",
     "SHORT_TOKEN_MANDATORY_FRACTION",
     "SHORT_TOKEN_REFRESH_FRACTION",
+    "TOKEN_FILE_PREFIX",
     "CachedToken",
     "FetchFailure",
     "NodeCache",
@@ -76,6 +77,8 @@ _log = logging.getLogger("aml_identity.tokens")
 # How long a process waits for another process's fetch before giving up; longer than the identity endpoint's
 # total retry budget (90 s by default), so a waiter never gives up on a fetch that is still retrying.
 NODE_LOCK_WAIT_MARGIN_S = 30.0
+# How every token file's name starts (then the key's digest, then ".json").
+TOKEN_FILE_PREFIX = "tok-"  # noqa: S105 - a file name, not a secret
 # The suffix of the file recording a node's last failed fetch of a token (see FetchFailure).
 _FAILURE_SUFFIX = ".failed"
 
@@ -481,4 +484,4 @@ class TokenStore:
 
 def cache_key(*parts: str) -> str:
     """Return the cache key (and node cache file name) for the given identity/resource/tenant parts."""
-    return "tok-" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
+    return TOKEN_FILE_PREFIX + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+from aml_identity import _fetch_service
 from aml_identity._environment import JobEnvironment
 from aml_identity._fork import after_fork_in_child, after_fork_in_child_while_alive
 from aml_identity._retry import RetryPolicy
@@ -181,6 +182,17 @@ class JobCredential:
         self._fetcher: Fetcher | None = None
         self._session = session
         self._store = _store_for(cache, self._env, self._clock, self._retry.total_timeout + NODE_LOCK_WAIT_MARGIN_S)
+        # The node's fetch service (see _fetch_service) fetches with the real clock and this process's endpoint
+        # settings: not for a credential with an injected clock, sleep or HTTP session, nor for workload identity.
+        node = self._store.node
+        self._service_dir = (
+            node.directory
+            if node is not None and self._env.fetch_service and clock is None and sleep is None and session is None
+            and identity.source != "workload_identity"
+            else None
+        )  # fmt: skip
+        if self._service_dir is not None:
+            _fetch_service.offer(self._service_dir, self)
         self._memory = self._store.memory
         self._keys: dict[tuple[tuple[str, ...], str | None], tuple[str, str]] = {}
         # scope -> cache key for the common call (one scope, no tenant): a str key hashes once, a tuple every time
@@ -233,6 +245,16 @@ class JobCredential:
     def _fetch(self, resource: str, claims: str | None) -> CachedToken:
         """Fetch from the identity endpoint, making the fetcher (and importing msal) the first time."""
         fetcher = self._fetcher
+        service_dir = self._service_dir
+        # This process has not loaded the endpoint client: the node's fetch service has (unless it is this
+        # process). None: there is none, or it cannot; fetch here.
+        if (
+            fetcher is None and service_dir is not None and self._store.node is not None
+            and not _fetch_service.serves(service_dir)
+        ):  # fmt: skip
+            token = _fetch_service.ask(service_dir, self.identity, self._env, self._retry, resource, claims)
+            if token is not None:
+                return token
         if fetcher is None:
             # No lock: two threads racing here make two equivalent fetchers, and one is dropped (a lock held
             # across a fork would outlive it in the child).
