@@ -67,6 +67,9 @@ def test_32_processes_x_4_threads_cost_one_request_per_token_lifetime(identity_e
     assert all(r["ok"] for r in cold), [r for r in cold if not r["ok"]][:3]
     assert len({r["token_tail"] for r in cold}) == 1
     assert identity_endpoint.request_count == 1
+    # On the cold node, only the node's fetch service loaded the endpoint client (msal); the process that won
+    # the node lock asked it instead of loading msal while the other 31 waited.
+    assert sum(r["endpoint_client_loaded"] for r in cold) == THREADS
 
     # Two days later every cached token has expired: the herd again costs exactly one request.
     identity_endpoint.clock = lambda: time.time() + 2 * DAY
