@@ -127,9 +127,9 @@ def herd(
             command += ["--exit-fd", str(read_exit)]
         children: list[subprocess.Popen[str]] = []
         try:
+            fds = (read_go, read_exit)
             children = [
-                subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, text=True,
-                                 pass_fds=(read_go, read_exit))  # fmt: skip
+                subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, text=True, pass_fds=fds)
                 for _ in range(processes)
             ]
             for child in children:
@@ -171,7 +171,9 @@ def herd(
     )
 
 
-def _table(latency: dict[str, tuple[float, float]], herds: list[tuple[HerdResult, HerdResult]], args: argparse.Namespace) -> str:
+def _table(
+    latency: dict[str, tuple[float, float]], herds: list[tuple[HerdResult, HerdResult]], args: argparse.Namespace
+) -> str:
     ours = latency["aml-identity"][0]
     lines = [
         "## Token acquisition",

@@ -23,6 +23,7 @@ CORE = (
     "aml_identity._cached_token",
     "aml_identity._retry",
     "aml_identity._fetch",
+    "aml_identity._fetch_service",
     "aml_identity._endpoint_response",
     "aml_identity._environment",
     "aml_identity.errors",

@@ -253,3 +253,22 @@ def test_identity_not_found_keeps_its_type(aml_job, service):
     assert "00000000-0000-0000-0000-00000000beef" in rank["message"]
     assert "fetch service" in rank["message"]
     assert rank["client_loaded"] is False
+
+
+def test_the_service_does_not_fetch_for_a_process_that_hung_up(aml_job, service):
+    # A process that stopped waiting for the start (START_TIMEOUT_S) fetches itself: the service must not too.
+    request = _fetch_service.request_line(
+        aml_identity.default_identity(), JobEnvironment.from_environ(), RetryPolicy(), "https://storage.azure.com",
+        None,
+    )  # fmt: skip
+    mine, theirs = socket.socketpair()  # the service has read the request line; then the asker hangs up
+    theirs.close()
+    with mine:
+        assert _fetch_service._services[service]._answer(request, mine) == {"refused": "the asking process hung up"}
+    assert aml_job.request_count == 0
+    # The same request from a process still waiting is fetched.
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        assert "token" in _fetch_service._services[service]._answer(request, mine)
+        assert theirs.recv(100) == _fetch_service.STARTED
+    assert aml_job.request_count == 1

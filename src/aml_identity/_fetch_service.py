@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aml_identity._cached_token import CachedToken, FetchFailure
 from aml_identity._environment import JobEnvironment
@@ -43,6 +43,9 @@ from aml_identity._retry import RetryPolicy
 from aml_identity._tokens import TOKEN_FILE_PREFIX
 from aml_identity.errors import AmlIdentityError
 from aml_identity.identity import SOURCE_NAMES, ManagedIdentity
+
+if TYPE_CHECKING:
+    from aml_identity._fetch import Fetcher
 
 __all__ = ["LOCK_NAME", "SOCKET_NAME", "ask", "offer", "serves"]
 
@@ -100,7 +103,7 @@ class _Service:
         self._listener: socket.socket | None = None
         self._state = threading.Lock()
         self._loaded = threading.Event()
-        self._fetchers: dict[tuple[ManagedIdentity, RetryPolicy, str], Any] = {}
+        self._fetchers: dict[tuple[ManagedIdentity, RetryPolicy, str], Fetcher] = {}
         threading.Thread(target=self._run, name="aml-identity-fetch-service", daemon=True).start()
 
     def _run(self) -> None:
@@ -162,20 +165,11 @@ class _Service:
             resource, claims, digest = _strings(asked["resource"], asked.get("claims"), asked["environment"])
         except (ValueError, KeyError, TypeError):
             return {"refused": "malformed request"}
-        try:
-            env = JobEnvironment.from_environ()
-        except AmlIdentityError:
-            return {"refused": "the service's environment is malformed"}
-        if environment_digest(env) != digest:
-            return {"refused": "different identity endpoint settings"}
-        from aml_identity._fetch import make_fetcher  # noqa: PLC0415 - loaded by _run already
-
-        key = (identity, policy, digest)
-        fetcher = self._fetchers.get(key)
+        fetcher = self._fetcher_for(identity, policy, digest)
         if fetcher is None:
-            fetcher = self._fetchers.setdefault(
-                key, make_fetcher(identity, env, policy=policy, clock=time.time, sleep=time.sleep)
-            )
+            return {"refused": "different identity endpoint settings"}
+        if _hung_up(conn):  # it gave up waiting for the start (a slow load) and fetches itself: do not fetch twice
+            return {"refused": "the asking process hung up"}
         conn.sendall(STARTED)
         try:
             token: CachedToken = fetcher.fetch(resource, claims=claims)
@@ -184,6 +178,24 @@ class _Service:
         except Exception as exc:  # noqa: BLE001 - the asking process fetches itself and meets it with its context
             return {"refused": type(exc).__name__}
         return {"token": token.to_json()}
+
+    def _fetcher_for(self, identity: ManagedIdentity, policy: RetryPolicy, digest: str) -> Fetcher | None:
+        """This process's fetcher for ``identity``, or None when its endpoint settings are not ``digest``'s."""
+        try:
+            env = JobEnvironment.from_environ()  # read now: msal reads os.environ when it sends
+        except AmlIdentityError:
+            return None
+        if environment_digest(env) != digest:
+            return None
+        from aml_identity._fetch import make_fetcher  # noqa: PLC0415 - loaded by _run already
+
+        key = (identity, policy, digest)
+        fetcher = self._fetchers.get(key)
+        if fetcher is None:
+            fetcher = self._fetchers.setdefault(
+                key, make_fetcher(identity, env, policy=policy, clock=time.time, sleep=time.sleep)
+            )
+        return fetcher
 
     def stop(self) -> None:
         """Stop listening, remove the socket and give up the lock (nothing, in a forked child)."""
@@ -207,6 +219,16 @@ class _Service:
             listener.close()  # close, never shut down: the socket is the parent's too
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the peer has closed its end (it sends nothing after its request, so readable means closed)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _identity_from(data: Any) -> ManagedIdentity:
@@ -287,6 +309,20 @@ def serves(directory: Path) -> bool:
     return directory in _services
 
 
+def request_line(
+    identity: ManagedIdentity, env: JobEnvironment, policy: RetryPolicy, resource: str, claims: str | None
+) -> bytes:
+    """The request :func:`ask` sends: one JSON line (the endpoint settings as a digest, never the secret)."""
+    request = {
+        "identity": dataclasses.asdict(identity),
+        "retry": _policy_json(policy),
+        "environment": environment_digest(env),
+        "resource": resource,
+        "claims": claims,
+    }
+    return json.dumps(request).encode() + b"\n"
+
+
 def ask(  # noqa: PLR0917 - one argument per part of the request
     directory: Path,
     identity: ManagedIdentity,
@@ -311,19 +347,13 @@ def ask(  # noqa: PLR0917 - one argument per part of the request
     Raises:
         AmlIdentityError: The service's fetch failed (the same error this process's own fetch would raise).
     """
-    request = {
-        "identity": dataclasses.asdict(identity),
-        "retry": _policy_json(policy),
-        "environment": environment_digest(env),
-        "resource": resource,
-        "claims": claims,
-    }
+    request = request_line(identity, env, policy, resource, claims)
     budget = policy.total_timeout + REPLY_MARGIN_S
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(str(directory / SOCKET_NAME))
-            sock.sendall(json.dumps(request).encode() + b"\n")
+            sock.sendall(request)
             with sock.makefile("rb") as stream:
                 sock.settimeout(START_TIMEOUT_S)
                 line = stream.readline(MAX_MESSAGE_BYTES)
