@@ -207,14 +207,15 @@ def _table(
             "when the credentials exist (each worker creates them before it reports ready). Each herd runs twice: "
             "'held', every worker stays alive until all have their outcome (the time to a token alone); 'exiting', "
             "each worker exits as soon as its threads are done, and the interpreter shutdown of the first ones takes "
-            "the 2 cores from the callers still waking up. The other columns are the held run's. 'processes with "
+            "the 2 cores from the callers still waking up. The outcome is a caller's token or its error (a caller "
+            "refused at once by a 429 ends early). The other columns are the held run's. 'processes with "
             "msal' counts the processes that loaded the endpoint client. 'load avg' is the machine's 1-minute load "
             "average as the herd started: on a shared machine, compare rows of similar load."
         ),
         "",
         (
             "| client | credential | processes x threads | endpoint requests | 429s | failed callers "
-            "| p99 time-to-token, held (s) | p99, exiting (s) | processes with msal | wall (s) | load avg |"
+            "| p99 time to outcome, held (s) | p99, exiting (s) | processes with msal | wall (s) | load avg |"
         ),
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
