@@ -6,6 +6,7 @@ The service runs in this (pytest) process, which holds the first credential of a
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import os
@@ -22,6 +23,7 @@ import aml_identity
 from aml_identity import _fetch_service
 from aml_identity._environment import JobEnvironment
 from aml_identity._retry import RetryPolicy
+from aml_identity._tokens import NodeCache
 from aml_identity.errors import IdentityNotFoundError
 from aml_identity.testing.identity_endpoint import EmulatedIdentity, Fault
 
@@ -157,7 +159,8 @@ def test_a_stopped_service_is_passed_over_after_the_start_timeout(aml_job, clean
         monkeypatch.setattr(_fetch_service, "START_TIMEOUT_S", 0.3)
         env = JobEnvironment.from_environ()
         identity = aml_identity.default_identity()
-        assert _fetch_service.ask(directory, identity, env, RetryPolicy(), "https://storage.azure.com", None) is None
+        node = NodeCache(directory)
+        assert _fetch_service.ask(node, identity, env, RetryPolicy(), "https://storage.azure.com", None) is None
         assert aml_job.request_count == 0
     finally:
         os.kill(server.pid, signal.SIGCONT)
@@ -272,3 +275,23 @@ def test_the_service_does_not_fetch_for_a_process_that_hung_up(aml_job, service)
         assert "token" in _fetch_service._services[service]._answer(request, mine)
         assert theirs.recv(100) == _fetch_service.STARTED
     assert aml_job.request_count == 1
+
+
+def test_a_process_that_finds_no_socket_waits_for_a_service_that_is_starting(clean_env, tmp_path, monkeypatch):
+    directory = tmp_path / "node"
+    node = NodeCache.open(directory)
+    assert _fetch_service._starting(node) is False  # nobody is starting one: fetch yourself, at once
+
+    starter = os.open(directory / f"{_fetch_service.STARTING_LOCK}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(starter, fcntl.LOCK_EX)  # another process took the service's lock and is about to listen
+    monkeypatch.setattr(_fetch_service, "START_TIMEOUT_S", 0.05)
+    assert _fetch_service._starting(node) is False  # it never finished: passed over after the timeout
+
+    waited = NodeCache.wait_unlocked
+
+    def starter_finishes_while_we_wait(self, name, timeout):
+        os.close(starter)  # it listens now and lets go of the starting lock
+        return waited(self, name, timeout)
+
+    monkeypatch.setattr(NodeCache, "wait_unlocked", starter_finishes_while_we_wait)
+    assert _fetch_service._starting(node) is True  # then connect again

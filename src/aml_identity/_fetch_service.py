@@ -40,7 +40,7 @@ from aml_identity._cached_token import CachedToken, FetchFailure
 from aml_identity._environment import JobEnvironment
 from aml_identity._fork import after_fork_in_child, before_fork
 from aml_identity._retry import RetryPolicy
-from aml_identity._tokens import TOKEN_FILE_PREFIX
+from aml_identity._tokens import TOKEN_FILE_PREFIX, NodeCache
 from aml_identity.errors import AmlIdentityError
 from aml_identity.identity import SOURCE_NAMES, ManagedIdentity
 
@@ -52,6 +52,8 @@ __all__ = ["LOCK_NAME", "SOCKET_NAME", "ask", "offer", "serves"]
 _log = logging.getLogger("aml_identity.fetch_service")
 
 LOCK_NAME = "fetch-service.lock"
+# The node lock held while a process becomes the service (NodeCache adds ".lock").
+STARTING_LOCK = "fetch-service-starting"
 SOCKET_NAME = "fetch-service.sock"
 # A live service's kernel accepts a connection at once (the backlog); one that does not within this long is
 # treated as absent, so that the asking process fetches itself instead of waiting.
@@ -95,36 +97,35 @@ class _Service:
     """This process's fetch service for one node cache directory."""
 
     def __init__(self, directory: Path, lock_fd: int) -> None:
+        """Listen on the node's socket and load the endpoint client in a background thread.
+
+        Listening comes first, here: a process that asks while the client loads waits in the kernel's
+        backlog and then for the "started" line, instead of finding no socket and loading the client itself.
+
+        Raises:
+            OSError: The socket cannot be made (a path too long for one, a full disk): no service.
+        """
         self.directory = directory
         self.socket_path = directory / SOCKET_NAME
         self.owners = 0
         self.closed = False
         self._lock_fd = lock_fd
-        self._listener: socket.socket | None = None
         self._state = threading.Lock()
         self._loaded = threading.Event()
         self._fetchers: dict[tuple[ManagedIdentity, RetryPolicy, str], Fetcher] = {}
-        threading.Thread(target=self._run, name="aml-identity-fetch-service", daemon=True).start()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.socket_path.unlink(missing_ok=True)  # a dead service's: this process holds the lock now
+            listener.bind(str(self.socket_path))
+            self.socket_path.chmod(0o600)
+            listener.listen(BACKLOG)
+        except OSError:
+            listener.close()
+            raise
+        self._listener: socket.socket | None = listener
+        threading.Thread(target=self._run, args=(listener,), name="aml-identity-fetch-service", daemon=True).start()
 
-    def _run(self) -> None:
-        # Listen first: a process that asks while the client loads waits in the kernel's backlog, then for the
-        # "started" line, instead of finding no socket and loading the client a second time.
-        with self._state:  # stop() cannot give up the lock meanwhile: the socket path is this process's
-            if self.closed:
-                self._loaded.set()
-                return
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.socket_path.unlink(missing_ok=True)  # a dead service's: this process holds the lock now
-                listener.bind(str(self.socket_path))
-                self.socket_path.chmod(0o600)
-                listener.listen(BACKLOG)
-            except OSError as exc:  # a path too long for a socket, a full disk: the processes fetch themselves
-                listener.close()
-                self._loaded.set()
-                _log.debug("node fetch service not started in %s: %s", self.directory, exc.strerror)
-                return
-            self._listener = listener
+    def _run(self, listener: socket.socket) -> None:
         try:
             import aml_identity._fetch  # noqa: F401, PLC0415 - the load this service takes off the critical path
         except ImportError as exc:  # the asking processes then meet the same error themselves
@@ -256,7 +257,7 @@ def _policy_json(policy: RetryPolicy) -> dict[str, Any]:
     return {**dataclasses.asdict(policy), "retryable": sorted(policy.retryable)}
 
 
-def offer(directory: Path, owner: object) -> None:
+def offer(node: NodeCache, owner: object) -> None:
     """Run the node's fetch service in this process for as long as ``owner`` lives, if no process does yet.
 
     Only on a cold node (no token in the cache yet): that is when the node's processes are about to fetch at
@@ -264,26 +265,59 @@ def offer(directory: Path, owner: object) -> None:
     loads the endpoint client for a cache hit.
 
     Args:
-        directory: The node cache directory (private, already checked).
+        node: The node cache (its directory private, already checked).
         owner: The credential this is for; the service stops when the last such credential is gone.
     """
     with _lock:
-        service = _services.get(directory)
+        service = _services.get(node.directory)
         if service is None:
-            if not _cold(directory):
+            if not _cold(node.directory):
                 return
-            try:
-                fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            except OSError:
+            # Held from taking the service's lock until it listens: a process that finds no socket meanwhile
+            # waits for it (see ask) instead of loading the client itself.
+            with node.try_lock(STARTING_LOCK) as starting:
+                service = _start(node.directory) if starting else None
+            if service is None:
                 return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # another process of the node serves it (or the lock is unusable)
-                os.close(fd)
-                return
-            service = _services[directory] = _Service(directory, fd)
+            _services[node.directory] = service
         service.owners += 1
     weakref.finalize(owner, _release, service)
+
+
+def _start(directory: Path) -> _Service | None:
+    """Become the node's service, unless another process is (or the socket cannot be made)."""
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # another process of the node serves it (or the lock is unusable)
+        os.close(fd)
+        return None
+    try:
+        return _Service(directory, fd)
+    except OSError as exc:  # the processes fetch themselves, as without a service
+        os.close(fd)
+        _log.debug("node fetch service not started in %s: %s", directory, exc.strerror)
+        return None
+
+
+def _starting(node: NodeCache) -> bool:
+    """Whether a process of the node is starting its service now (and wait, bounded, until it listens)."""
+    try:
+        fd = os.open(node.directory / f"{STARTING_LOCK}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return node.wait_unlocked(STARTING_LOCK, START_TIMEOUT_S)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # (closing releases the shared lock, when it was taken)
+    return False
 
 
 def _cold(directory: Path) -> bool:
@@ -309,6 +343,22 @@ def serves(directory: Path) -> bool:
     return directory in _services
 
 
+def _exchange(path: Path, request: bytes, policy: RetryPolicy) -> bytes:
+    """Send ``request`` to the service at ``path``; return its answer line (after the "started" line, if any)."""
+    budget = policy.total_timeout + REPLY_MARGIN_S
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        sock.connect(str(path))
+        sock.sendall(request)
+        with sock.makefile("rb") as stream:
+            sock.settimeout(START_TIMEOUT_S)
+            line = stream.readline(MAX_MESSAGE_BYTES)
+            if line == STARTED:
+                sock.settimeout(budget if budget < float("inf") else None)
+                line = stream.readline(MAX_MESSAGE_BYTES)
+    return line
+
+
 def request_line(
     identity: ManagedIdentity, env: JobEnvironment, policy: RetryPolicy, resource: str, claims: str | None
 ) -> bytes:
@@ -324,7 +374,7 @@ def request_line(
 
 
 def ask(  # noqa: PLR0917 - one argument per part of the request
-    directory: Path,
+    node: NodeCache,
     identity: ManagedIdentity,
     env: JobEnvironment,
     policy: RetryPolicy,
@@ -334,7 +384,7 @@ def ask(  # noqa: PLR0917 - one argument per part of the request
     """Have the node's fetch service fetch a token; None when there is none or it cannot (fetch yourself).
 
     Args:
-        directory: The node cache directory.
+        node: The node cache.
         identity: The identity to fetch for.
         env: This process's environment (the service must share its identity endpoint settings).
         policy: How long and how often to retry.
@@ -347,24 +397,9 @@ def ask(  # noqa: PLR0917 - one argument per part of the request
     Raises:
         AmlIdentityError: The service's fetch failed (the same error this process's own fetch would raise).
     """
-    request = request_line(identity, env, policy, resource, claims)
-    budget = policy.total_timeout + REPLY_MARGIN_S
+    line = _answer_from_service(node, request_line(identity, env, policy, resource, claims), policy)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(CONNECT_TIMEOUT_S)
-            sock.connect(str(directory / SOCKET_NAME))
-            sock.sendall(request)
-            with sock.makefile("rb") as stream:
-                sock.settimeout(START_TIMEOUT_S)
-                line = stream.readline(MAX_MESSAGE_BYTES)
-                if line == STARTED:
-                    sock.settimeout(budget if budget < float("inf") else None)
-                    line = stream.readline(MAX_MESSAGE_BYTES)
-    except OSError as exc:  # no service (the usual case), a dead one's socket, one that died or hung mid-fetch
-        _log.debug("node fetch service not used: %s", exc.strerror or type(exc).__name__)
-        return None
-    try:
-        answer = json.loads(line)
+        answer = json.loads(line) if line is not None else None
     except ValueError:
         return None
     if not isinstance(answer, dict):
@@ -377,6 +412,23 @@ def ask(  # noqa: PLR0917 - one argument per part of the request
             raise failure.error(asked=True)
     _log.debug("node fetch service refused: %s", answer.get("refused"))
     return None
+
+
+def _answer_from_service(node: NodeCache, request: bytes, policy: RetryPolicy) -> bytes | None:
+    """The service's answer line to ``request``, or None when there is no service or it did not answer."""
+    try:
+        return _exchange(node.directory / SOCKET_NAME, request, policy)
+    except (FileNotFoundError, ConnectionRefusedError):
+        # No service, or one that is starting right now (it took its lock, it does not listen yet): wait for it.
+        if not _starting(node):
+            return None
+        try:
+            return _exchange(node.directory / SOCKET_NAME, request, policy)
+        except OSError:
+            return None
+    except OSError as exc:  # a service that died or hung mid-fetch, a full backlog
+        _log.debug("node fetch service not used: %s", exc.strerror or type(exc).__name__)
+        return None
 
 
 @before_fork

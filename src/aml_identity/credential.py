@@ -191,8 +191,8 @@ class JobCredential:
             and identity.source != "workload_identity"
             else None
         )  # fmt: skip
-        if self._service_dir is not None:
-            _fetch_service.offer(self._service_dir, self)
+        if node is not None and self._service_dir is not None:
+            _fetch_service.offer(node, self)
         self._memory = self._store.memory
         self._keys: dict[tuple[tuple[str, ...], str | None], tuple[str, str]] = {}
         # scope -> cache key for the common call (one scope, no tenant): a str key hashes once, a tuple every time
@@ -248,11 +248,11 @@ class JobCredential:
         service_dir = self._service_dir
         # This process has not loaded the endpoint client: the node's fetch service has (unless it is this
         # process). None: there is none, or it cannot; fetch here.
+        node = self._store.node
         if (
-            fetcher is None and service_dir is not None and self._store.node is not None
-            and not _fetch_service.serves(service_dir)
+            fetcher is None and service_dir is not None and node is not None and not _fetch_service.serves(service_dir)
         ):  # fmt: skip
-            token = _fetch_service.ask(service_dir, self.identity, self._env, self._retry, resource, claims)
+            token = _fetch_service.ask(node, self.identity, self._env, self._retry, resource, claims)
             if token is not None:
                 return token
         if fetcher is None:

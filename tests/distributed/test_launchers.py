@@ -61,7 +61,8 @@ seen = {p.relative_to(dest).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest
 names = ("RANK", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK")
 out.mkdir(parents=True, exist_ok=True)
 (out / f"{os.getpid()}.json").write_text(json.dumps(
-    {"outcome": result.outcome, "seen": seen, "ranks": {n: os.environ[n] for n in names if n in os.environ}}
+    {"outcome": result.outcome, "seen": seen, "ranks": {n: os.environ[n] for n in names if n in os.environ},
+     "endpoint_client": "aml_identity._fetch" in sys.modules}
 ))
 """
 
@@ -203,6 +204,8 @@ def _assert_one_node(ranks: list[dict[str, object]], files: dict[str, bytes], co
     assert len(ranks) == count
     assert all(rank["seen"] == _digests(files) for rank in ranks)  # complete, identical, verified data
     assert Counter(rank["outcome"] for rank in ranks) == {"transferred": 1, "waited": count - 1}
+    # One rank per node loaded the identity endpoint's client: the node's fetch service fetched both tokens.
+    assert sum(bool(rank["endpoint_client"]) for rank in ranks) == 1, ranks
 
 
 @pytest.mark.skipif(MPIRUN is None, reason=NO_MPIRUN)
