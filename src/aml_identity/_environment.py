@@ -20,6 +20,7 @@ from aml_identity.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_ARM_ENDPOINT",
+    "MSAL_ENVIRONMENT",
     "JobEnvironment",
     "check_outbound_url",
     "is_guid",
@@ -147,6 +148,19 @@ def _parse_local_rank(environ: Mapping[str, str]) -> int | None:
             )
         return int(raw)
     return None
+
+
+# Variables msal reads from os.environ to choose and reach the endpoint (JobEnvironment field -> variable);
+# they must agree with the environment the identity was resolved from.
+MSAL_ENVIRONMENT = {
+    "msi_endpoint": "MSI_ENDPOINT",
+    "msi_secret": "MSI_SECRET",
+    "identity_endpoint": "IDENTITY_ENDPOINT",
+    "identity_header": "IDENTITY_HEADER",
+    "identity_server_thumbprint": "IDENTITY_SERVER_THUMBPRINT",
+    "imds_endpoint": "IMDS_ENDPOINT",
+    "pod_identity_authority_host": "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+}
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import requests
 # ranks are waiting for.
 from aml_identity import errors
 from aml_identity._endpoint_response import MAX_RESPONSE_BYTES, OversizedError, Received, parse_epoch, read_capped
-from aml_identity._environment import JobEnvironment, check_outbound_url
+from aml_identity._environment import MSAL_ENVIRONMENT, JobEnvironment, check_outbound_url
 from aml_identity._fork import after_fork_in_child
 from aml_identity._retry import RETRYABLE_STATUS, RetryPolicy, call_with_retries
 from aml_identity._tokens import CachedToken, new_token
@@ -42,18 +42,6 @@ from aml_identity.identity import SOURCE_NAMES, ManagedIdentity
 __all__ = ["MAX_RESPONSE_BYTES", "Fetcher", "MsalFetcher", "WorkloadIdentityFetcher", "make_fetcher"]
 
 _log = logging.getLogger("aml_identity.fetch")
-
-# Variables msal reads from os.environ to choose and reach the endpoint (JobEnvironment field -> variable);
-# they must agree with the environment the identity was resolved from.
-_MSAL_ENV = {
-    "msi_endpoint": "MSI_ENDPOINT",
-    "msi_secret": "MSI_SECRET",
-    "identity_endpoint": "IDENTITY_ENDPOINT",
-    "identity_header": "IDENTITY_HEADER",
-    "identity_server_thumbprint": "IDENTITY_SERVER_THUMBPRINT",
-    "imds_endpoint": "IMDS_ENDPOINT",
-    "pod_identity_authority_host": "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-}
 
 
 class Fetcher:
@@ -425,7 +413,9 @@ class MsalFetcher(Fetcher):
         if self.env.from_process:
             return
         process = JobEnvironment.from_environ(os.environ)
-        differing = [var for field, var in _MSAL_ENV.items() if getattr(self.env, field) != getattr(process, field)]
+        differing = [
+            var for field, var in MSAL_ENVIRONMENT.items() if getattr(self.env, field) != getattr(process, field)
+        ]
         if differing:
             raise ConfigurationError(
                 f"The environment this credential was created from differs from the process environment in "

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aml_identity._cached_token import CachedToken, FetchFailure
-from aml_identity._environment import JobEnvironment
+from aml_identity._environment import MSAL_ENVIRONMENT, JobEnvironment
 from aml_identity._fork import after_fork_in_child, before_fork
 from aml_identity._retry import RetryPolicy
 from aml_identity._tokens import TOKEN_FILE_PREFIX, NodeCache
@@ -75,12 +75,9 @@ BACKLOG = 128
 # How long a fork waits for the background load of the endpoint client to finish (it takes well under a
 # second; the bound only matters if the forking thread itself holds the import lock).
 FORK_WAIT_S = 5.0
-# The identity endpoint settings the service's own environment must share with the asking process's.
-_ENDPOINT_FIELDS = (
-    "msi_endpoint", "msi_secret", "identity_endpoint", "identity_header", "identity_server_thumbprint",
-    "imds_endpoint", "pod_identity_authority_host", "cloud_shell", "allow_remote_identity_endpoint",
-    "loopback_only", "ca_bundle",
-)  # fmt: skip
+# The identity endpoint settings the service's own environment must share with the asking process's: what msal
+# reads, and what decides where and how a request may go.
+_ENDPOINT_FIELDS = (*MSAL_ENVIRONMENT, "cloud_shell", "allow_remote_identity_endpoint", "loopback_only", "ca_bundle")
 
 _lock = threading.Lock()
 # The services this process runs, by node cache directory.
