@@ -161,11 +161,11 @@ class _Service:
             identity = _identity_from(asked["identity"])
             policy = _policy_from(asked["retry"])
             resource, claims, digest = _strings(asked["resource"], asked.get("claims"), asked["environment"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AmlIdentityError):
             return {"refused": "malformed request"}
         fetcher = self._fetcher_for(identity, policy, digest)
         if fetcher is None:
-            return {"refused": "different identity endpoint settings"}
+            return {"refused": "different identity endpoint settings, or a setting this service refuses"}
         if _hung_up(conn):  # it gave up waiting for the start (a slow load) and fetches itself: do not fetch twice
             return {"refused": "the asking process hung up"}
         conn.sendall(STARTED)
@@ -178,7 +178,7 @@ class _Service:
         return {"token": token.to_json()}
 
     def _fetcher_for(self, identity: ManagedIdentity, policy: RetryPolicy, digest: str) -> Fetcher | None:
-        """This process's fetcher for ``identity``, or None when its endpoint settings are not ``digest``'s."""
+        """This process's fetcher for ``identity``; None if its endpoint settings are not ``digest``'s or refused."""
         try:
             env = JobEnvironment.from_environ()  # read now: msal reads os.environ when it sends
         except AmlIdentityError:
@@ -190,9 +190,11 @@ class _Service:
         key = (identity, policy, digest)
         fetcher = self._fetchers.get(key)
         if fetcher is None:
-            fetcher = self._fetchers.setdefault(
-                key, make_fetcher(identity, env, policy=policy, clock=time.time, sleep=time.sleep)
-            )
+            try:
+                made = make_fetcher(identity, env, policy=policy, clock=time.time, sleep=time.sleep)
+            except AmlIdentityError:  # the asking process meets the same error itself, with its context
+                return None
+            fetcher = self._fetchers.setdefault(key, made)
         return fetcher
 
     def stop(self) -> None:
@@ -272,8 +274,11 @@ def offer(node: NodeCache, owner: object) -> None:
                 return
             # Held from taking the service's lock until it listens: a process that finds no socket meanwhile
             # waits for it (see ask) instead of loading the client itself.
-            with node.try_lock(STARTING_LOCK) as starting:
-                service = _start(node.directory) if starting else None
+            try:
+                with node.try_lock(STARTING_LOCK) as starting:
+                    service = _start(node.directory) if starting else None
+            except OSError:  # the lock file cannot be made: no service, the processes fetch themselves
+                return
             if service is None:
                 return
             _services[node.directory] = service
