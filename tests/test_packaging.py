@@ -4,7 +4,8 @@ The wheel is built from this tree (hatchling, no build isolation) and installed 
 system site-packages, no pip of its own: this environment's pip installs into it). Then, from that venv: the
 command line starts, every subcommand's ``--help`` works, ``sandbox`` and ``mount`` name their extra in one
 line, ``whoami`` gets a token from the identity endpoint emulator (run from this environment as a separate
-process), with pytest installed beside the wheel an unrelated project's tests still pass, and after
+process) and a second process gets its token through the first one's fetch service without loading msal, with
+pytest installed beside the wheel an unrelated project's tests still pass, and after
 ``pip install 'aml-identity[fsspec]'`` fsspec finds this package's class for ``azureml://``.
 """
 
@@ -164,6 +165,49 @@ def test_whoami_gets_a_token_from_the_identity_endpoint(venv, env):
     assert report["client_id"] == served["client_id"]
     assert report["selected_by"] == "DEFAULT_IDENTITY_CLIENT_ID"
     assert report["claims"]["xms_mirid"] == served["resource_id"]
+
+
+# The first process on a cold node: its credential makes it the node's fetch service.
+_FIRST_RANK = """
+import os, sys
+from pathlib import Path
+from aml_identity import default_credential
+credential = default_credential()
+assert (Path(os.environ["AML_IDENTITY_CACHE_DIR"]) / "fetch-service.sock").exists()
+print("serving", flush=True)
+sys.stdin.read()
+"""
+_SECOND_RANK = """
+import json, sys
+from aml_identity import get_token
+get_token("https://storage.azure.com/.default")
+print(json.dumps({"endpoint_client": "aml_identity._fetch" in sys.modules, "msal": "msal" in sys.modules}))
+"""
+
+
+def test_a_second_process_gets_its_token_from_the_nodes_fetch_service(venv, env, tmp_path):
+    with subprocess.Popen(
+        [sys.executable, "-c", _SERVE_ENDPOINT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as server:
+        assert server.stdout is not None and server.stdin is not None
+        served = json.loads(server.stdout.readline())
+        node = {**env, **served["environ"], "AML_IDENTITY_CACHE_DIR": str(tmp_path / "cache")}
+        with subprocess.Popen(
+            [str(venv / "python"), "-c", _FIRST_RANK], env=node, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True,
+        ) as first:  # fmt: skip
+            assert first.stdout is not None and first.stdin is not None
+            try:
+                assert first.stdout.readline().strip() == "serving"
+                second = _run([str(venv / "python"), "-c", _SECOND_RANK], env=node)
+            finally:
+                first.stdin.close()
+                first.wait(timeout=COMMAND_TIMEOUT_S)
+                server.stdin.close()
+                server.wait(timeout=COMMAND_TIMEOUT_S)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == {"endpoint_client": False, "msal": False}
+    assert first.returncode == 0
 
 
 @pytest.fixture(scope="module")
