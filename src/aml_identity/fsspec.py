@@ -513,15 +513,18 @@ class AzureMLFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec has no
             if self.account_name is not None:
                 await self._call(store.create_container)
             return
-        try:
-            info = await self._info(path)
-        except FileNotFoundError:
-            with contextlib.suppress(FileExistsError):
-                await self._call(store.put, blob, b"", overwrite=False, folder=True)
-            self.invalidate_cache(path)
+        props = await self._call(store.head, blob)
+        if props is not None:  # a file, or a folder that has its marker
+            if not props["folder"] or not exist_ok:
+                raise FileExistsError(path)
             return
-        if info["type"] == "file" or not exist_ok:
+        if not exist_ok and await self._call(store.has_children, blob + "/"):
             raise FileExistsError(path)
+        # A folder that exists only as the prefix of its files gets its marker too, so that it outlives them
+        # (fsspec's recursive copy makes the target folder while it copies the files into it, concurrently).
+        with contextlib.suppress(FileExistsError):
+            await self._call(store.put, blob, b"", overwrite=False, folder=True)
+        self.invalidate_cache(path)
 
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
         store, _, blob = await self._target(path)

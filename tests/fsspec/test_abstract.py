@@ -51,3 +51,19 @@ class TestAzureMLOpen(abstract.AbstractOpenTests, AzureMLFixtures):
 
 class TestAzureMLPipe(abstract.AbstractPipeTests, AzureMLFixtures):
     pass
+
+
+def test_a_folder_made_after_its_files_outlives_them(azureml_fs):
+    # fsspec's recursive copy makes the target folder and copies the files into it concurrently; when a file
+    # lands first, the folder exists only as its prefix. makedirs must still give it its marker, or the folder
+    # disappears with its last file (fsspec's copy test saw that about once in 70 runs).
+    fs = azureml_fs
+    folder = f"datastores/{DATASTORE}/paths/order-{uuid.uuid4().hex[:12]}/target"
+    fs.pipe(f"{folder}/subfile.txt", b"data")
+    fs.makedirs(folder, exist_ok=True)
+    fs.rm([f"{folder}/subfile.txt"])
+    fs.invalidate_cache()
+    assert fs.ls(folder) == []
+    assert fs.isdir(folder)
+    with pytest.raises(FileExistsError):
+        fs.makedirs(folder)  # exist_ok=False still refuses an existing folder
