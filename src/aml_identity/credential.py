@@ -184,14 +184,12 @@ class JobCredential:
         self._store = _store_for(cache, self._env, self._clock, self._retry.total_timeout + NODE_LOCK_WAIT_MARGIN_S)
         # The node's fetch service (see _fetch_service) fetches with the real clock and this process's endpoint
         # settings: not for a credential with an injected clock, sleep or HTTP session, nor for workload identity.
-        node = self._store.node
-        self._service_dir = (
-            node.directory
-            if node is not None and self._env.fetch_service and clock is None and sleep is None and session is None
+        self._uses_fetch_service = (
+            self._env.fetch_service and clock is None and sleep is None and session is None
             and identity.source != "workload_identity"
-            else None
         )  # fmt: skip
-        if node is not None and self._service_dir is not None:
+        node = self._store.node
+        if node is not None and self._uses_fetch_service:
             _fetch_service.offer(node, self)
         self._memory = self._store.memory
         self._keys: dict[tuple[tuple[str, ...], str | None], tuple[str, str]] = {}
@@ -245,12 +243,12 @@ class JobCredential:
     def _fetch(self, resource: str, claims: str | None) -> CachedToken:
         """Fetch from the identity endpoint, making the fetcher (and importing msal) the first time."""
         fetcher = self._fetcher
-        service_dir = self._service_dir
         # This process has not loaded the endpoint client: the node's fetch service has (unless it is this
         # process). None: there is none, or it cannot; fetch here.
         node = self._store.node
         if (
-            fetcher is None and service_dir is not None and node is not None and not _fetch_service.serves(service_dir)
+            fetcher is None and self._uses_fetch_service and node is not None
+            and not _fetch_service.serves(node.directory)
         ):  # fmt: skip
             token = _fetch_service.ask(node, self.identity, self._env, self._retry, resource, claims)
             if token is not None:
